@@ -1,0 +1,33 @@
+# The two commands in the README's first section are `make studio` and `make test`.
+PYTHON ?= python3
+PIP = $(PYTHON) -m pip
+# CPU build of PyTorch first: an unpinned torch pulls several GB of CUDA packages. GPU users install a CUDA
+# build of the same version before running make (see README), and pip keeps it.
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: install install-test studio test lint format bench
+
+install:
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==$(TORCH_VERSION)
+	$(PIP) install -e .
+
+install-test:
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==$(TORCH_VERSION)
+	$(PIP) install -e ".[test]"
+
+studio: install
+	atelier generate "a product photo of a yellow windbreaker, forest, (masterpiece:1.2)" --steps 8 --width 256 --height 256 --seed 42
+
+lint:
+	$(PYTHON) -m ruff check src tests bench
+	$(PYTHON) -m ruff format --check src tests bench
+
+test: install-test lint
+	$(PYTHON) -m pytest -q
+
+format:
+	$(PYTHON) -m ruff format src tests bench
+	$(PYTHON) -m ruff check --fix src tests bench
+
+bench: install-test
+	$(PYTHON) bench/engine_vs_diffusers.py

@@ -1,0 +1,40 @@
+"""Small helpers shared by CLI commands: reading user files with one-line errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from atelier.errors import AtelierError
+
+DEFAULT_DATA_DIR = Path("atelier-data")
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+
+
+def load_image(path: str | os.PathLike[str], *, what: str):
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise AtelierError(f"{what} not found: {path}", field=what)
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise AtelierError(f"{what} {path} is not a readable image ({exc})", field=what) from None
+
+
+def quiet_libraries() -> None:
+    """Library progress bars and warnings would drown the CLI's own progress bar."""
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)

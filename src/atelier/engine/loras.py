@@ -1,0 +1,182 @@
+"""LoRA files: finding them by name, checking they fit the model, and applying ``<lora:name:w>`` tags.
+
+LoRAs are loaded with diffusers' own ``load_lora_weights`` (which reads kohya/A1111 ``lora_unet_*`` /
+``lora_te*_`` files and diffusers/PEFT files alike) as named adapters. Switching LoRAs between generations only
+changes which adapters are active and at what weight; the base model is never reloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from atelier.engine.library import check_name
+from atelier.engine.models import read_safetensors_header, refuse_pickle
+from atelier.errors import AtelierError, NotFoundError
+
+# Cross-attention width of each base family, the surest sign of what a LoRA was trained on.
+_FAMILY_BY_WIDTH = {768: "SD 1.5", 1024: "SD 2.x", 2048: "SDXL", 1280: "SDXL refiner"}
+_CROSS_ATTENTION_KEY = re.compile(r"attn2[._]to_k.*(lora_down|lora_A|lora\.down)\.weight$")
+
+
+@dataclass(frozen=True)
+class LoraEntry:
+    name: str
+    path: Path
+    family: str  # "sdxl", "sd15" or "unknown"
+    sha256: str
+
+    @property
+    def short_hash(self) -> str:
+        """A1111's "Lora hashes" value: the first 12 characters of the tensor-data sha256."""
+        return self.sha256[:12]
+
+
+def lora_sha256(path: Path) -> str:
+    """A1111's LoRA hash: sha256 of the tensor data after the safetensors header (the "addnet" hash)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        handle.seek(8 + length)
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def inspect_lora(path: Path) -> tuple[str, int | None]:
+    """Return (family, cross-attention width) of a LoRA file from its header, or raise if it is not a LoRA."""
+    header = read_safetensors_header(path)
+    keys = [key for key in header if key != "__metadata__"]
+    lora_markers = ("lora_down", "lora_up", "lora_A", "lora_B", "lora.down", "lora.up")
+    if not keys or not any(marker in key for key in keys for marker in lora_markers):
+        raise AtelierError(f"{path.name} is not a LoRA file (no lora_down/lora_up or lora_A/lora_B weights)")
+    width = None
+    for key in keys:
+        if _CROSS_ATTENTION_KEY.search(key):
+            width = int(header[key]["shape"][-1])
+            break
+    if any(key.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for key in keys):
+        family = "sdxl"
+    elif width is not None:
+        family = "sdxl" if width in (2048, 1280) else "sd15"
+    else:
+        family = "sd15" if any(key.startswith("lora_te_") for key in keys) else "unknown"
+    metadata = header.get("__metadata__") or {}
+    base = str(metadata.get("ss_base_model_version", ""))
+    if base.startswith("sdxl"):
+        family = "sdxl"
+    return family, width
+
+
+class LoraLibrary:
+    """The LoRA files in a folder (``<name>.safetensors``), by name."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self._hashes: dict[tuple[str, float, int], str] = {}
+
+    def _files(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p
+            for p in self.root.iterdir()
+            if p.is_file() and p.suffix == ".safetensors" and not p.name.startswith(".")
+        )
+
+    def names(self) -> list[str]:
+        return [path.stem for path in self._files()]
+
+    def list(self) -> list[LoraEntry]:
+        entries = []
+        for path in self._files():
+            try:
+                entries.append(self.entry(path.stem))
+            except AtelierError:
+                continue  # not a LoRA (a checkpoint in the same folder); listed elsewhere
+        return entries
+
+    def resolve(self, name: str) -> Path:
+        check_name(name, what="lora")
+        path = self.root / f"{name}.safetensors"
+        if path.is_file():
+            return path
+        refuse_pickle(path.with_suffix(".ckpt")) if path.with_suffix(".ckpt").exists() else None
+        available = ", ".join(self.names()) or "none"
+        raise NotFoundError(f"unknown LoRA {name!r}; available: {available}", field="lora")
+
+    def entry(self, name: str) -> LoraEntry:
+        path = self.resolve(name)
+        family, _ = inspect_lora(path)
+        stat = path.stat()
+        key = (str(path), stat.st_mtime, stat.st_size)
+        if key not in self._hashes:
+            self._hashes[key] = lora_sha256(path)
+        return LoraEntry(name=name, path=path, family=family, sha256=self._hashes[key])
+
+
+@dataclass
+class AppliedLora:
+    entry: LoraEntry
+    te_weight: float
+    unet_weight: float
+
+
+def _adapter_name(entry: LoraEntry) -> str:
+    # PEFT adapter names become module attribute names: keep them to safe characters.
+    return "lora_" + re.sub(r"\W", "_", entry.name) + "_" + entry.sha256[:8]
+
+
+def check_compatible(entry: LoraEntry, path: Path, model_cross_attention: int) -> None:
+    family, width = inspect_lora(path)
+    if width is not None and width != model_cross_attention:
+        made_for = _FAMILY_BY_WIDTH.get(width, f"cross-attention width {width}")
+        model_is = _FAMILY_BY_WIDTH.get(
+            model_cross_attention, f"cross-attention width {model_cross_attention}"
+        )
+        raise AtelierError(
+            f"LoRA {entry.name!r} was made for {made_for}, but the model is {model_is}", field="lora"
+        )
+
+
+def apply_loras(pipeline: Any, loaded: dict[str, tuple[str, float]], loras: list[AppliedLora]) -> None:
+    """Make exactly ``loras`` active on ``pipeline`` (loading new files as adapters), at their weights.
+
+    ``loaded`` records the adapters already in the pipeline (adapter name -> (path, mtime)) and is updated.
+    """
+    cross_attention = pipeline.unet.config.cross_attention_dim
+    wanted = []
+    for lora in loras:
+        check_compatible(lora.entry, lora.entry.path, cross_attention)
+        name = _adapter_name(lora.entry)
+        mtime = lora.entry.path.stat().st_mtime
+        if loaded.get(name) != (str(lora.entry.path), mtime):
+            if name in loaded:
+                pipeline.delete_adapters([name])
+            try:
+                pipeline.load_lora_weights(str(lora.entry.path), adapter_name=name)
+            except (ValueError, KeyError, RuntimeError, json.JSONDecodeError) as exc:
+                raise AtelierError(
+                    f"LoRA file {lora.entry.path.name} could not be applied: {exc}", field="lora"
+                ) from None
+            loaded[name] = (str(lora.entry.path), mtime)
+        wanted.append((name, lora))
+    if not loaded:
+        return
+    if not wanted:
+        pipeline.disable_lora()
+        return
+    pipeline.enable_lora()
+    components = [
+        c for c in ("unet", "text_encoder", "text_encoder_2") if getattr(pipeline, c, None) is not None
+    ]
+    weights = []
+    for _, lora in wanted:
+        weights.append({c: (lora.unet_weight if c == "unet" else lora.te_weight) for c in components})
+    pipeline.set_adapters([name for name, _ in wanted], adapter_weights=weights)

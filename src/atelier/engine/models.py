@@ -1,0 +1,298 @@
+"""Finding, validating and loading Stable Diffusion checkpoints, and keeping them warm.
+
+Two on-disk forms are accepted: a diffusers folder, and a single-file ``.safetensors`` checkpoint (the A1111 /
+ComfyUI / Civitai form). Single files are converted by diffusers' own ``from_single_file`` using the architecture
+configs shipped in ``engine/configs`` so no hub access is needed. Pickle formats are refused: loading them runs
+arbitrary code from the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from atelier.engine.architectures import (
+    ARCHITECTURES,
+    DEMO_LABEL,
+    DEMO_MARKER,
+    config_dir,
+    from_diffusers_model_type,
+)
+from atelier.engine.convert import write_embedded_configs
+from atelier.engine.tokenizer import CLIP_BIGG_REPO, CLIP_L_REPO, load_tokenizer
+from atelier.errors import AtelierError, NotFoundError, UnsafeFileError
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".bin", ".pth", ".pkl", ".pickle")
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+
+_PIPELINE_CLASSES = {
+    "sd15": "StableDiffusionPipeline",
+    "sd15-inpaint": "StableDiffusionInpaintPipeline",
+    "sdxl": "StableDiffusionXLPipeline",
+    "sdxl-refiner": "StableDiffusionXLImg2ImgPipeline",
+}
+
+
+def refuse_pickle(path: Path) -> None:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise UnsafeFileError(
+            f"refusing to load {path.name}: {path.suffix} files are Python pickles, and loading one can run "
+            "arbitrary code hidden in it. Convert it to .safetensors with a tool you trust, or download the "
+            ".safetensors version of the model."
+        )
+
+
+def read_safetensors_header(path: Path) -> dict[str, Any]:
+    """Parse a safetensors header (tensor names, dtypes, shapes, metadata) without loading any weights."""
+    refuse_pickle(path)
+    try:
+        with open(path, "rb") as handle:
+            raw_length = handle.read(8)
+            if len(raw_length) != 8:
+                raise ValueError("file too short")
+            (length,) = struct.unpack("<Q", raw_length)
+            if length <= 0 or length > MAX_SAFETENSORS_HEADER:
+                raise ValueError("implausible header length")
+            header = json.loads(handle.read(length))
+    except FileNotFoundError:
+        raise NotFoundError(f"model file not found: {path}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AtelierError(f"{path.name} is not a valid .safetensors file ({exc})") from None
+    if not isinstance(header, dict):
+        raise AtelierError(f"{path.name} is not a valid .safetensors file (header is not an object)")
+    return header
+
+
+class _ShapeOnly:
+    """Stands in for a tensor where only ``.shape`` is read (architecture detection)."""
+
+    def __init__(self, shape: list[int]) -> None:
+        self.shape = tuple(shape)
+
+
+def detect_architecture(path: str | os.PathLike[str]) -> str:
+    """Return one of ARCHITECTURES for a diffusers folder or single-file checkpoint, or raise AtelierError."""
+    path = Path(path)
+    if path.is_dir():
+        return _detect_folder_architecture(path)
+    header = read_safetensors_header(path)
+    if path.suffix.lower() != ".safetensors":
+        raise AtelierError(f"{path.name}: expected a .safetensors checkpoint or a diffusers folder")
+    stored = header.get("__metadata__", {}).get("atelier_architecture")
+    if stored in ARCHITECTURES:
+        return stored
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+
+    shapes = {key: _ShapeOnly(info["shape"]) for key, info in header.items() if key != "__metadata__"}
+    if not any(key.startswith("model.diffusion_model.") for key in shapes):
+        raise AtelierError(
+            f"{path.name} is not a Stable Diffusion checkpoint (no UNet weights); if it is a LoRA, put it in the "
+            "LoRA folder"
+        )
+    arch = from_diffusers_model_type(infer_diffusers_model_type(shapes))
+    if arch is None:
+        raise AtelierError(
+            f"{path.name}: unsupported architecture ({infer_diffusers_model_type(shapes)}); Atelier supports "
+            "SD 1.5, SD 1.5 inpainting, SDXL base and SDXL refiner"
+        )
+    return arch
+
+
+def _detect_folder_architecture(path: Path) -> str:
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        raise AtelierError(f"{path} is not a diffusers model folder (no model_index.json)")
+    unet_config_file = path / "unet" / "config.json"
+    if not unet_config_file.is_file():
+        raise AtelierError(f"{path} has no unet/config.json")
+    unet = json.loads(unet_config_file.read_text())
+    has_te1 = (path / "text_encoder" / "config.json").is_file()
+    if unet.get("addition_embed_type") == "text_time":
+        return "sdxl" if has_te1 else "sdxl-refiner"
+    if unet.get("in_channels") == 9:
+        return "sd15-inpaint"
+    if unet.get("cross_attention_dim") == 1024:
+        raise AtelierError(f"{path}: Stable Diffusion 2.x is not supported; use SD 1.5 or SDXL models")
+    return "sd15"
+
+
+def _weight_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    files = [p for p in path.rglob("*") if p.is_file() and p.suffix in (".safetensors",)]
+    pickles = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES]
+    if pickles and not files:
+        refuse_pickle(pickles[0])
+    return sorted(files)
+
+
+def file_sha256(path: Path, *, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_sha256(path: str | os.PathLike[str]) -> str:
+    """A1111's hash for a single file (sha256 of the file). For a folder: sha256 over its weight files' hashes."""
+    path = Path(path)
+    if path.is_file():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for weight in _weight_files(path):
+        digest.update(weight.relative_to(path).as_posix().encode())
+        digest.update(file_sha256(weight).encode())
+    return digest.hexdigest()
+
+
+def is_demo_model(path: str | os.PathLike[str]) -> bool:
+    path = Path(path)
+    return path.is_dir() and (path / DEMO_MARKER).is_file()
+
+
+def display_name(path: str | os.PathLike[str]) -> str:
+    path = Path(path)
+    name = path.stem if path.is_file() else path.name
+    return f"{name} ({DEMO_LABEL})" if is_demo_model(path) else name
+
+
+@dataclass
+class LoadedModel:
+    """A loaded base pipeline plus what the rest of Atelier needs to know about it."""
+
+    path: Path
+    name: str
+    architecture: str
+    pipeline: Any  # the diffusers pipeline of this architecture, on its device and dtype
+    sha256: str
+    is_demo: bool
+    # As loaded: samplers are built from this, never from whatever scheduler the last request installed.
+    scheduler_config: dict[str, Any] = field(default_factory=dict)
+    # LoRA adapters loaded into this pipeline: adapter name -> (file path, mtime).
+    loaded_loras: dict[str, tuple[str, float]] = field(default_factory=dict)
+    _variants: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def short_hash(self) -> str:
+        """The 10-character hash A1111 shows as "Model hash"."""
+        return self.sha256[:10]
+
+    def variant(self, pipeline_class_name: str) -> Any:
+        """The same components wrapped in another pipeline class (img2img, inpaint), built once."""
+        if type(self.pipeline).__name__ == pipeline_class_name:
+            return self.pipeline
+        if pipeline_class_name not in self._variants:
+            import diffusers
+
+            cls = getattr(diffusers, pipeline_class_name)
+            self._variants[pipeline_class_name] = cls.from_pipe(self.pipeline)
+        return self._variants[pipeline_class_name]
+
+
+def _tokenizer_for_single_file(path: Path, arch: str, tokenizer_dir: Path | None) -> dict[str, Any]:
+    """Tokenizers are not stored in single files: take them from a folder next to the file or the HF cache."""
+    beside = path.with_name(path.stem + ".tokenizer")
+    candidates = [tokenizer_dir] if tokenizer_dir else []
+    candidates.append(beside)
+    found = next((c for c in candidates if c is not None and c.is_dir()), None)
+    components: dict[str, Any] = {}
+    if arch != "sdxl-refiner":
+        components["tokenizer"] = load_tokenizer(found, repo_id=CLIP_L_REPO, expected_folder=beside)
+    if arch in ("sdxl", "sdxl-refiner"):
+        second = found / "tokenizer_2" if found is not None and (found / "tokenizer_2").is_dir() else found
+        tokenizer_2 = load_tokenizer(
+            second, repo_id=CLIP_BIGG_REPO, what="tokenizer_2", expected_folder=beside
+        )
+        tokenizer_2.pad_token = "!"
+        components["tokenizer_2"] = tokenizer_2
+    return components
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    *,
+    device: str = "cpu",
+    dtype: Any = None,
+    tokenizer_dir: str | os.PathLike[str] | None = None,
+) -> LoadedModel:
+    """Load a checkpoint (diffusers folder or single .safetensors file) as a diffusers pipeline."""
+    import diffusers
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise NotFoundError(f"model not found: {path}")
+    refuse_pickle(path)
+    arch = detect_architecture(path)
+    dtype = dtype or torch.float32
+    cls = getattr(diffusers, _PIPELINE_CLASSES[arch])
+    common: dict[str, Any] = {"dtype": dtype}
+    if arch in ("sd15", "sd15-inpaint"):
+        common.update(safety_checker=None, requires_safety_checker=False)
+    if path.is_dir():
+        if not _weight_files(path):
+            raise AtelierError(f"{path} holds no .safetensors weights (pickle weights are refused)")
+        pipeline = cls.from_pretrained(str(path), use_safetensors=True, local_files_only=True, **common)
+    else:
+        components = _tokenizer_for_single_file(path, arch, Path(tokenizer_dir) if tokenizer_dir else None)
+        with tempfile.TemporaryDirectory(prefix="atelier-config-") as embedded:
+            metadata = read_safetensors_header(path).get("__metadata__", {})
+            config = embedded if write_embedded_configs(metadata, Path(embedded)) else str(config_dir(arch))
+            pipeline = cls.from_single_file(
+                str(path), config=config, local_files_only=True, **components, **common
+            )
+    pipeline.set_progress_bar_config(disable=True)
+    if device != "cpu":
+        pipeline.to(device)
+    return LoadedModel(
+        path=path,
+        name=display_name(path),
+        architecture=arch,
+        pipeline=pipeline,
+        sha256=model_sha256(path),
+        is_demo=is_demo_model(path),
+        scheduler_config=dict(pipeline.scheduler.config),
+    )
+
+
+class ModelCache:
+    """Keeps recently used models loaded, keyed by (path, device, dtype), so generations do not reload.
+
+    Thread-safe; evicts least recently used models beyond ``max_models``.
+    """
+
+    def __init__(self, *, max_models: int = 2, tokenizer_dir: str | os.PathLike[str] | None = None) -> None:
+        self.max_models = max_models
+        self.tokenizer_dir = tokenizer_dir
+        self._models: OrderedDict[tuple[str, str, str], LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self.loads = 0  # how many times a model was actually read from disk
+
+    def get(self, path: str | os.PathLike[str], *, device: str = "cpu", dtype: Any = None) -> LoadedModel:
+        import torch
+
+        dtype = dtype or torch.float32
+        key = (str(Path(path).resolve()), device, str(dtype))
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            model = load_model(path, device=device, dtype=dtype, tokenizer_dir=self.tokenizer_dir)
+            self.loads += 1
+            self._models[key] = model
+            while len(self._models) > self.max_models:
+                self._models.popitem(last=False)
+            return model
+
+    def clear(self) -> None:
+        with self._lock:
+            self._models.clear()

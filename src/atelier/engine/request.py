@@ -1,0 +1,124 @@
+"""What a user asks the engine for, validated once, in A1111's vocabulary."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from PIL import Image
+
+from atelier.errors import AtelierError
+
+MAX_SIDE = 4096
+MAX_BATCH = 64
+INPAINTING_FILL_MODES = (
+    "fill",
+    "original",
+    "latent noise",
+    "latent nothing",
+)  # A1111's order: index = API value
+
+
+@dataclass
+class GenerationRequest:
+    """One txt2img / img2img / inpaint request. Images are PIL images; everything else plain values."""
+
+    prompt: str
+    negative_prompt: str = ""
+    model: str | None = None
+    sampler: str = "Euler a"
+    schedule_type: str | None = None
+    steps: int = 20
+    cfg_scale: float = 7.0
+    seed: int = -1
+    width: int = 512
+    height: int = 512
+    batch_size: int = 1
+    batch_count: int = 1
+    clip_skip: int = 1
+    # img2img / inpaint
+    init_image: Image.Image | None = None
+    denoising_strength: float = 0.75
+    mask: Image.Image | None = None
+    mask_blur: int = 4
+    inpaint_only_masked: bool = False
+    inpaint_padding: int = 32
+    inpainting_fill: str = "original"
+    mask_invert: bool = False
+    # SDXL refiner, second stage
+    refiner: str | None = None
+    refiner_prompt: str | None = None
+    refiner_negative_prompt: str | None = None
+    refiner_switch_at: float = 0.8
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mode(self) -> str:
+        if self.mask is not None:
+            return "inpaint"
+        if self.init_image is not None:
+            return "img2img"
+        return "txt2img"
+
+    def validate(self) -> None:
+        """Raise AtelierError naming the first bad field."""
+        _int_range("steps", self.steps, 1, 500)
+        _int_range("width", self.width, 64, MAX_SIDE)
+        _int_range("height", self.height, 64, MAX_SIDE)
+        for name in ("width", "height"):
+            if getattr(self, name) % 8:
+                raise AtelierError(f"{name} must be a multiple of 8, got {getattr(self, name)}", field=name)
+        _int_range("batch_size", self.batch_size, 1, MAX_BATCH)
+        _int_range("batch_count", self.batch_count, 1, 1000)
+        _int_range("clip_skip", self.clip_skip, 1, 12)
+        _int_range("mask_blur", self.mask_blur, 0, 64)
+        _int_range("inpaint_padding", self.inpaint_padding, 0, 1024)
+        _int_range("seed", self.seed, -1, 2**32 - 1)
+        _float_range("cfg_scale", self.cfg_scale, 0.0, 100.0)
+        _float_range("denoising_strength", self.denoising_strength, 0.0, 1.0)
+        _float_range("refiner_switch_at", self.refiner_switch_at, 0.0, 1.0)
+        if self.inpainting_fill not in INPAINTING_FILL_MODES:
+            raise AtelierError(
+                f"inpainting_fill must be one of {', '.join(INPAINTING_FILL_MODES)}, got {self.inpainting_fill!r}",
+                field="inpainting_fill",
+            )
+        if self.mask is not None and self.init_image is None:
+            raise AtelierError("a mask needs an init image to inpaint", field="mask")
+        if self.mask is not None and self.mask.size != self.init_image.size:
+            raise AtelierError(
+                f"mask size {self.mask.size[0]}x{self.mask.size[1]} differs from image size "
+                f"{self.init_image.size[0]}x{self.init_image.size[1]}",
+                field="mask",
+            )
+        if self.mode != "txt2img" and int(self.steps * self.denoising_strength) < 1:
+            raise AtelierError(
+                f"denoising_strength {self.denoising_strength} with {self.steps} steps leaves no step to run; "
+                "raise the strength or the steps",
+                field="denoising_strength",
+            )
+        if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
+            raise AtelierError("prompt and negative prompt must be text", field="prompt")
+
+    def resolved_seed(self) -> int:
+        """Seed -1 means random, as in A1111."""
+        return self.seed if self.seed != -1 else random.randrange(2**32 - 1)
+
+    def to_params(self) -> dict[str, Any]:
+        """JSON-safe parameters (images left out) for sidecars and job payloads."""
+        skipped = {"init_image", "mask"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skipped}
+
+
+def _int_range(name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise AtelierError(f"{name} must be an integer, got {value!r}", field=name)
+    if not low <= value <= high:
+        raise AtelierError(f"{name} must be between {low} and {high}, got {value}", field=name)
+
+
+def _float_range(name: str, value: Any, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AtelierError(f"{name} must be a number, got {value!r}", field=name)
+    if not low <= value <= high:
+        raise AtelierError(f"{name} must be between {low} and {high}, got {value}", field=name)

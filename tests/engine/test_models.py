@@ -1,0 +1,127 @@
+"""Model files: detection, single-file loading, pickle refusal, hashes, the warm cache."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from atelier.engine.models import ModelCache, detect_architecture, load_model, read_safetensors_header
+from atelier.engine.request import GenerationRequest
+from atelier.errors import AtelierError, UnsafeFileError
+
+ARCHS = ["sd15", "sd15-inpaint", "sdxl", "sdxl-refiner"]
+
+
+@pytest.fixture(scope="module")
+def single_files(tiny_models, tmp_path_factory):
+    """Each tiny model as an A1111-style single .safetensors file, with its tokenizer folder beside it."""
+    from atelier.engine.convert import save_single_file
+
+    root = tmp_path_factory.mktemp("single")
+    files = {}
+    for arch in ARCHS:
+        folder = tiny_models(arch)
+        path = save_single_file(folder, root / f"{arch}.safetensors", arch)
+        tokenizer_dir = root / f"{arch}.tokenizer"
+        if arch != "sdxl-refiner":
+            shutil.copytree(folder / "tokenizer", tokenizer_dir)
+        if arch in ("sdxl", "sdxl-refiner"):
+            shutil.copytree(folder / "tokenizer_2", tokenizer_dir / "tokenizer_2")
+        files[arch] = path
+    return files
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_detects_architecture_of_folders_and_single_files(tiny_models, single_files, arch):
+    assert detect_architecture(tiny_models(arch)) == arch
+    assert detect_architecture(single_files[arch]) == arch
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_single_file_detection_uses_weights_not_our_metadata(single_files, tmp_path, arch):
+    from safetensors.torch import load_file, save_file
+
+    stripped = tmp_path / "downloaded.safetensors"
+    save_file(load_file(single_files[arch]), stripped)  # no atelier metadata, like a Civitai download
+    assert "atelier_architecture" not in read_safetensors_header(stripped).get("__metadata__", {})
+    assert detect_architecture(stripped) == arch
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+def test_single_file_generates_the_same_picture_as_its_folder(tiny_models, single_files, engine, arch):
+    def make(model):
+        request = GenerationRequest(prompt="a red shoe", model=str(model), steps=3, width=64, height=64, seed=5)
+        return np.asarray(engine.generate(request).images[0].image, dtype=np.int16)
+
+    assert np.abs(make(tiny_models(arch)) - make(single_files[arch])).max() <= 2
+
+
+def test_single_file_hash_is_sha256_of_the_file(single_files):
+    import hashlib
+
+    model = load_model(single_files["sd15"])
+    assert model.sha256 == hashlib.sha256(single_files["sd15"].read_bytes()).hexdigest()
+    assert model.short_hash == model.sha256[:10]
+
+
+def test_missing_tokenizer_says_how_to_provide_it(single_files, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    lonely = tmp_path / "lonely.safetensors"
+    shutil.copy(single_files["sd15"], lonely)
+    with pytest.raises(AtelierError, match=r"lonely\.tokenizer"):
+        load_model(lonely)
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".pt", ".bin", ".pth"])
+def test_pickle_checkpoints_are_refused_without_being_opened(tmp_path, monkeypatch, suffix):
+    import torch
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("torch.load must never be called on a user's file")
+
+    monkeypatch.setattr(torch, "load", forbidden)
+    path = tmp_path / f"model{suffix}"
+    path.write_bytes(b"\x80\x04\x95 pickle payload")
+    with pytest.raises(UnsafeFileError, match="arbitrary code"):
+        load_model(path)
+    with pytest.raises(UnsafeFileError):
+        detect_architecture(path)
+
+
+def test_folder_with_only_pickle_weights_is_refused(tiny_models, tmp_path):
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_models("sd15"), folder)
+    for weights in folder.rglob("*.safetensors"):
+        weights.rename(weights.with_suffix(".bin"))
+    with pytest.raises(UnsafeFileError, match="arbitrary code"):
+        load_model(folder)
+
+
+def test_corrupt_safetensors_is_a_clear_error(tmp_path):
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(b"\xff" * 64)
+    with pytest.raises(AtelierError, match="not a valid .safetensors file"):
+        detect_architecture(path)
+
+
+def test_lora_file_is_not_mistaken_for_a_checkpoint(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "lora.safetensors"
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32)}, path)
+    with pytest.raises(AtelierError, match="not a Stable Diffusion checkpoint"):
+        detect_architecture(path)
+
+
+def test_cache_is_keyed_by_model_and_dtype(tiny_models):
+    import torch
+
+    cache = ModelCache(max_models=3)
+    first = cache.get(tiny_models("sd15"))
+    assert cache.get(tiny_models("sd15")) is first
+    half = cache.get(tiny_models("sd15"), dtype=torch.bfloat16)
+    assert half is not first and half.pipeline.unet.dtype == torch.bfloat16
+    assert cache.loads == 2
