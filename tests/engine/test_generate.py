@@ -349,3 +349,10 @@ def test_bad_requests_name_the_field(tiny_models, engine, overrides, field):
     with pytest.raises(AtelierError) as info:
         engine.generate(_request(tiny_models("sd15"), **overrides))
     assert info.value.field == field
+
+
+@pytest.mark.parametrize("with_init", [False, True])
+def test_inpainting_model_also_does_txt2img_and_img2img(tiny_models, engine, with_init):
+    init = _photo() if with_init else None
+    result = engine.generate(_request(tiny_models("sd15-inpaint"), init_image=init)).images[0]
+    assert result.image.size == (SIZE, SIZE)

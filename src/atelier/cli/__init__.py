@@ -17,9 +17,13 @@ COMMAND_MODULES = [
     "atelier.cli.generate",
     "atelier.cli.info",
     "atelier.cli.models",
+    "atelier.cli.train",
     "atelier.cli.prompt",
     "atelier.cli.ad",
     "atelier.cli.sheet",
+    "atelier.cli.serve",
+    "atelier.cli.worker",
+    "atelier.cli.keys",
 ]
 
 

@@ -14,6 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--negative", default="", help="negative prompt")
     p.add_argument("--model", help="model name in the models folder, or a path (default: first model found)")
     p.add_argument("--models-dir", type=Path, default=DEFAULT_DATA_DIR / "models", help="models folder")
+    p.add_argument("--lora-dir", type=Path, default=None, help="LoRA folder for <lora:name:w> (default: models folder)")
     p.add_argument("--seed", type=int, default=-1, help="seed; -1 = random. Image i of a batch uses seed+i")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=7.0, help="CFG scale")
@@ -51,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
     from atelier.engine.generate import Engine
     from atelier.engine.library import ModelLibrary
+    from atelier.engine.loras import LoraLibrary
+    from atelier.engine.models import detect_architecture
     from atelier.engine.output import save_image
     from atelier.engine.request import GenerationRequest
     from atelier.engine.samplers import resolve_sampler
@@ -90,8 +93,11 @@ def run(args: argparse.Namespace) -> int:
         refiner_switch_at=args.refiner_switch,
     )
     request.validate()
+    detect_architecture(model_path)  # refuses pickles and non-checkpoints before anything loads
+    if refiner_path:
+        detect_architecture(refiner_path)
     quiet_libraries()
-    engine = Engine(device=args.device)
+    engine = Engine(device=args.device, loras=LoraLibrary(args.lora_dir or args.models_dir))
     with tqdm(total=1, unit="step", desc="generating", dynamic_ncols=True) as bar:
 
         def on_step(done: int, total: int) -> None:

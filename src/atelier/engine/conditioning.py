@@ -20,9 +20,8 @@ from typing import Any
 
 import torch
 
-from atelier.prompts.chunks import chunk_tokens
+from atelier.prompts.chunks import chunk_tokens, pad_chunk, token_runs
 from atelier.prompts.parser import (
-    BREAK_WEIGHT,
     parse_attention,
     schedule_and_parts,
     schedule_prompt,
@@ -108,28 +107,27 @@ class PromptEncoder:
     def _chunks(
         self, slot: _EncoderSlot, runs: list[tuple[str, float]]
     ) -> list[tuple[list[int], list[float]]]:
-        tokenizer = slot.tokenizer
-        texts = [text for text, weight in runs if weight != BREAK_WEIGHT]
-        ids = tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"] if texts else []
-        token_runs: list[tuple[list[int], float]] = []
-        ids_iter = iter(ids)
-        for _text, weight in runs:
-            token_runs.append(([], BREAK_WEIGHT) if weight == BREAK_WEIGHT else (next(ids_iter), weight))
-        return chunk_tokens(token_runs, slot.comma, chunk_size=CHUNK_TOKENS) or [([], [])]
+        def encode(texts: list[str]) -> list[list[int]]:
+            return (
+                slot.tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
+                if texts
+                else []
+            )
+
+        return chunk_tokens(token_runs(runs, encode), slot.comma, chunk_size=CHUNK_TOKENS)
 
     def _encode_chunks(
         self, slot: _EncoderSlot, chunks: list[tuple[list[int], list[float]]]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         tokenizer = slot.tokenizer
-        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-        rows, weights = [], []
-        for tokens, multipliers in chunks:
-            tokens, multipliers = list(tokens)[:CHUNK_TOKENS], list(multipliers)[:CHUNK_TOKENS]
-            filler = CHUNK_TOKENS - len(tokens)
-            # The first filler is the end token, the rest padding (A1111 and diffusers' tokenizer agree here).
-            rows.append([bos, *tokens, eos] + [pad] * filler)
-            weights.append([1.0, *multipliers, 1.0] + [1.0] * filler)
+        padded = [
+            pad_chunk(
+                chunk, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, CHUNK_TOKENS
+            )
+            for chunk in chunks
+        ]
+        rows = [tokens for tokens, _ in padded]
+        weights = [multipliers for _, multipliers in padded]
         input_ids = torch.tensor(rows, dtype=torch.long, device=slot.text_encoder.device)
         output = slot.text_encoder(input_ids, output_hidden_states=True)
         if slot.sdxl:
@@ -228,7 +226,7 @@ def build_conditioning(
     # Every text any step can use is encoded once; all are padded to one length so that steps can swap freely.
     part_tokens = max(encoder.encode(text).embeds.shape[1] for part in parts for _, text in part.schedule)
     negative_chunks = [encoder.encode(text).chunks for _, text in negative_schedule if not zeroed(text)]
-    chunks = max(part_tokens // (CHUNK_TOKENS + 2), *negative_chunks)
+    chunks = max([part_tokens // (CHUNK_TOKENS + 2), *negative_chunks])
     padded: dict[tuple[str, bool], EncodedText] = {}
 
     def prepared(text: str, positive: bool) -> EncodedText:

@@ -190,15 +190,13 @@ class Engine:
             strength = request.denoising_strength if request.init_image is not None else 1.0
             kwargs = {"image": original, "mask_image": mask, "strength": strength, **_size(request)}
             return self._call(
-                pipeline, request, model, refiner, sampler, schedule_type, seeds, progress, kwargs
+                pipeline, request, prompt, model, refiner, sampler, schedule_type, seeds, progress, kwargs
             )
 
         original = request.init_image.convert("RGB")
         mask = masks.prepare_mask(request.mask, original.size, request.mask_blur, invert=request.mask_invert)
         if request.inpaint_only_masked:
             region = masks.get_crop_region(mask, request.inpaint_padding)
-            if region is None:
-                raise AtelierError("the mask is empty: nothing to inpaint", field="mask")
             region = masks.expand_crop_region(region, request.width, request.height, *original.size)
             work_image = original.crop(region).resize((request.width, request.height), Image.LANCZOS)
             work_mask = mask.crop(region).resize((request.width, request.height), Image.LANCZOS)
@@ -217,7 +215,7 @@ class Engine:
         if request.inpainting_fill in ("latent noise", "latent nothing"):
             kwargs.update(self._latent_fill_inputs(pipeline, work_image, work_mask, request, seeds))
         generated = self._call(
-            pipeline, request, model, refiner, sampler, schedule_type, seeds, progress, kwargs
+            pipeline, request, prompt, model, refiner, sampler, schedule_type, seeds, progress, kwargs
         )
         results = []
         for image in generated:

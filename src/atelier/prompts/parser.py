@@ -254,9 +254,12 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
 #
 # Inside a group the grammar is deterministic: what follows the first inner prompt (":", "|", "]" or ")")
 # says which kind of group it is, and a bracket inside a group must open a complete group. Outside groups,
-# A1111 reads a bracket as the start of a group whenever one can be completed there. The parser below does
-# the same in one left-to-right pass with an explicit stack, so deep nesting cannot exhaust Python's recursion
-# limit and a 10,000-character prompt parses in milliseconds (Earley takes minutes on such prompts).
+# A1111 reads a bracket as the start of a group whenever one can be completed there. (When stray brackets or
+# colons follow an edit outside groups, its Earley parser can also read the edit as plain text, and which
+# reading wins varies from run to run with the lark version A1111 pins; this parser always takes the edit.)
+# The parser below works in one left-to-right pass with an explicit stack, so deep nesting cannot exhaust
+# Python's recursion limit and a 10,000-character prompt parses in milliseconds (A1111's Earley parser takes
+# minutes on such prompts).
 
 _PLAIN = re.compile(r"(?:[^\\\[\]():|]|\\.)+")
 _SPACES = re.compile(r"\s*")

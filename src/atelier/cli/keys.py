@@ -1,0 +1,57 @@
+"""`atelier keys`: API keys for the studio's HTTP API.
+
+Once a key exists, every API request needs one (`Authorization: Bearer <key>`). Keys are stored hashed; the
+key itself is shown once, when it is created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from atelier.cli.serve import add_studio_arguments
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("keys", help="create, list and revoke API keys", description=__doc__)
+    sub = p.add_subparsers(dest="keys_command", metavar="ACTION")
+    sub.required = True
+    create = sub.add_parser("create", help="create a key and print it (once)")
+    create.add_argument("name", help="who or what the key is for, e.g. 'marketing-laptop'")
+    listing = sub.add_parser("list", help="list keys (names and hints, never the keys)")
+    listing.add_argument("--json", action="store_true")
+    revoke = sub.add_parser("revoke", help="stop a key from working")
+    revoke.add_argument("name")
+    for action in (create, listing, revoke):
+        add_studio_arguments(action)
+        action.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from atelier.service.config import StudioConfig
+    from atelier.service.jobs import open_database
+    from atelier.service.security import ApiKeyStore
+
+    config = StudioConfig.for_data_dir(args.data, database_url=args.db)
+    database = open_database(config.database_url)
+    try:
+        keys = ApiKeyStore(database)
+        if args.keys_command == "create":
+            _key, secret = keys.create(args.name)
+            print(secret)
+            print(
+                f"API key {args.name!r} created; it is shown only now. Send it as 'Authorization: Bearer <key>'."
+            )
+        elif args.keys_command == "revoke":
+            keys.revoke(args.name)
+            print(f"API key {args.name!r} revoked")
+        else:
+            rows = [key.to_dict() for key in keys.list()]
+            if args.json:
+                print(json.dumps(rows))
+            for row in [] if args.json else rows:
+                state = "active" if row["revoked_at"] is None else f"revoked {row['revoked_at']}"
+                print(f"{row['name']:<30} {row['hint']}...  created {row['created_at']}  {state}")
+    finally:
+        database.dispose()
+    return 0

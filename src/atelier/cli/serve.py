@@ -1,0 +1,78 @@
+"""`atelier serve`: the whole studio on one machine (API, workers, bucket watchers), or one node of a cluster.
+
+With no options everything lives in ./atelier-data: a SQLite database and the training-data/, models/ and
+outputs/ buckets. A tiny demo model (random weights) is created when no model exists yet. Give --db and
+--storage to share a PostgreSQL database and an S3 bucket with workers on other machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from atelier.cli.common import DEFAULT_DATA_DIR
+
+
+def add_studio_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the studio's database, storage and cache are (shared by serve and worker)."""
+    parser.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA_DIR, help="data folder (default ./atelier-data)"
+    )
+    parser.add_argument("--db", default=None, help="database URL (default: SQLite in the data folder)")
+    parser.add_argument(
+        "--storage", default=None, help="storage: a folder or s3://bucket/prefix (default: the data folder)"
+    )
+    parser.add_argument(
+        "--s3-endpoint", default=None, help="endpoint URL of an S3-compatible store (MinIO, ...)"
+    )
+    parser.add_argument("--cache", type=Path, default=None, help="local model cache (default: DATA/cache)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve", help="run the studio: HTTP API, workers, bucket watchers", description=__doc__
+    )
+    add_studio_arguments(p)
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument(
+        "--min-workers", type=int, default=0, help="local workers kept running when idle (default 0)"
+    )
+    p.add_argument(
+        "--max-workers", type=int, default=1, help="local workers at most (0: run workers elsewhere)"
+    )
+    p.add_argument(
+        "--no-watch", action="store_true", help="do not watch the training-data and models buckets"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from atelier.service.config import StudioConfig
+    from atelier.service.server import StudioServer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = StudioConfig.for_data_dir(
+        args.data,
+        database_url=args.db,
+        storage_url=args.storage,
+        storage_endpoint_url=args.s3_endpoint,
+        cache_dir=args.cache,
+        device=args.device,
+        host=args.host,
+        port=args.port,
+        min_workers=args.min_workers,
+        max_workers=args.max_workers,
+        watch=not args.no_watch,
+    )
+    server = StudioServer(config)
+    print(
+        f"Atelier studio on http://{args.host}:{args.port}  (API docs: /docs, A1111 API: /sdapi/v1)",
+        flush=True,
+    )
+    server.run()
+    return 0

@@ -1,0 +1,78 @@
+"""`atelier worker`: run generate and train jobs from a shared queue, on this machine's CPU or GPU.
+
+Start any number, on any machines, pointing at the same database and storage:
+
+    atelier worker --db postgresql://atelier@db/atelier --storage s3://studio --s3-endpoint http://minio:9000
+
+SIGTERM (or Ctrl-C) stops after the current job; a second one gives the job back to the queue at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+
+from atelier.cli.serve import add_studio_arguments
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("worker", help="run jobs from the studio's queue", description=__doc__)
+    add_studio_arguments(p)
+    p.add_argument("--kinds", default="generate,train", help="job kinds to take (default generate,train)")
+    p.add_argument("--worker-id", default=None, help="unique id (default: host-pid-random)")
+    p.add_argument("--lease", type=float, default=None, help="job lease in seconds (default 30)")
+    p.add_argument("--poll", type=float, default=None, help="queue poll interval in seconds when busy")
+    p.add_argument("--progress", type=float, default=None, help="heartbeat / progress interval in seconds")
+    p.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
+    p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
+    p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from atelier.cli.common import quiet_libraries
+    from atelier.service.config import StudioConfig
+    from atelier.service.studio import Studio
+    from atelier.service.worker import Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
+    config = StudioConfig.for_data_dir(
+        args.data,
+        database_url=args.db,
+        storage_url=args.storage,
+        storage_endpoint_url=args.s3_endpoint,
+        cache_dir=args.cache,
+        device=args.device,
+        lease_seconds=args.lease,
+        poll_seconds=args.poll,
+        progress_seconds=args.progress,
+    )
+    studio = Studio.open(config)
+    worker = Worker(
+        config=config,
+        store=studio.store,
+        storage=studio.storage,
+        registry=studio.registry,
+        ledger=studio.ledger,
+        settings=studio.settings,
+        worker_id=args.worker_id,
+        kinds=[kind.strip() for kind in args.kinds.split(",") if kind.strip()],
+        parent_pid=args.parent_pid,
+    )
+    signals_seen = 0
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        worker.stop(abandon_current=signals_seen > 1)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    logging.getLogger(__name__).info("worker %s waiting for jobs", worker.worker_id)
+    try:
+        worker.run(idle_exit_seconds=args.idle_exit, max_jobs=args.max_jobs)
+    finally:
+        studio.close()
+    return 0

@@ -1,0 +1,183 @@
+"""What both HTTP APIs share: error responses, authentication, body limits, and waiting for jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from atelier.errors import AtelierError, NotFoundError, UnsafeFileError
+from atelier.service.jobs import FINISHED_STATES, Job, SqlJobStore, jobs_table
+from atelier.service.security import AccessPolicy, key_from_headers
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[
+    [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]
+]
+
+# Paths anyone may read: the API documentation and the liveness probe.
+PUBLIC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/api/health"})
+
+
+def error_body(message: str, field: str | None, error: str) -> dict[str, Any]:
+    """The JSON of every error answer. ``detail`` and ``errors`` are where A1111 clients look for the message."""
+    return {"error": error, "detail": message, "field": field, "errors": message}
+
+
+def status_for(problem: AtelierError) -> int:
+    if isinstance(problem, NotFoundError):
+        return 404
+    if isinstance(problem, UnsafeFileError):
+        return 400
+    return 422
+
+
+def atelier_error_response(problem: AtelierError) -> JSONResponse:
+    return JSONResponse(
+        error_body(str(problem), problem.field, type(problem).__name__), status_code=status_for(problem)
+    )
+
+
+def _validation_field(location: tuple[Any, ...]) -> str:
+    parts = [str(part) for part in location if part not in ("body", "query", "path")]
+    return ".".join(parts) if parts else "body"
+
+
+def validation_error_response(problem: RequestValidationError) -> JSONResponse:
+    errors = problem.errors()
+    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": "value_error"}
+    field = _validation_field(tuple(first.get("loc", ())))
+    if first.get("type") == "json_invalid":
+        message, field = (
+            f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})",
+            "body",
+        )
+    elif first.get("type") == "missing":
+        message = f"{field} is required"
+    else:
+        message = f"{field}: {first.get('msg', 'invalid value')}"
+    return JSONResponse(error_body(message, field, "ValidationError"), status_code=422)
+
+
+def install_error_handlers(app: Any) -> None:
+    """Map every failure to a JSON answer: user errors to 4xx naming the field, bugs to a logged 500."""
+
+    @app.exception_handler(AtelierError)
+    async def _atelier_error(_request: Request, problem: AtelierError) -> JSONResponse:
+        return atelier_error_response(problem)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, problem: RequestValidationError) -> JSONResponse:
+        return validation_error_response(problem)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, problem: StarletteHTTPException) -> JSONResponse:
+        detail, field = str(problem.detail), None
+        if problem.status_code == 413:
+            detail, field = "the request body is larger than this server accepts", "body"
+        return JSONResponse(
+            error_body(detail, field, "HTTPError"),
+            status_code=problem.status_code,
+            headers=getattr(problem, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, problem: Exception) -> JSONResponse:
+        logger.exception("%s %s failed", request.method, request.url.path)
+        return JSONResponse(
+            error_body("internal error; see the server log", None, type(problem).__name__), status_code=500
+        )
+
+
+class AuthMiddleware:
+    """Pure ASGI middleware requiring an API key (when the policy asks for one) on every non-public path.
+
+    Written at the ASGI level so it covers streaming responses and uploads before any body is read.
+    """
+
+    def __init__(self, app: ASGIApp, *, policy: AccessPolicy) -> None:
+        self.app = app
+        self.policy = policy
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path", "") in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = {
+            key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope.get("headers", [])
+        }
+        if await run_in_threadpool(self.policy.allows, key_from_headers(headers)):
+            await self.app(scope, receive, send)
+            return
+        body = error_body(
+            "an API key is required: send 'Authorization: Bearer <key>' (create one with 'atelier keys create NAME')",
+            "authorization",
+            "Unauthorized",
+        )
+        response = JSONResponse(body, status_code=401, headers={"WWW-Authenticate": 'Basic realm="atelier"'})
+        await response(scope, receive, send)
+
+
+class JobWaiter:
+    """Lets request handlers wait for jobs to finish, with one polling query for all of them.
+
+    A1111-style requests hold the connection until their job is done; hundreds of them waiting at once cost
+    one small query per ``poll_seconds`` instead of one each.
+    """
+
+    def __init__(self, store: SqlJobStore, *, poll_seconds: float = 0.01) -> None:
+        self.store = store
+        self.poll_seconds = poll_seconds
+        self._waiting: dict[str, list[asyncio.Future[Job]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def wait(self, job_id: str) -> Job:
+        """Return the job once it is finished (succeeded, failed or canceled)."""
+        future: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(job_id, []).append(future)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._poll())
+        try:
+            return await future
+        finally:
+            waiters = self._waiting.get(job_id)
+            if waiters is not None and future in waiters:
+                waiters.remove(future)
+                if not waiters:
+                    del self._waiting[job_id]
+
+    def _finished(self, job_ids: list[str]) -> list[Job]:
+        with self.store.engine.connect() as conn:
+            done = list(
+                conn.execute(
+                    sa.select(jobs_table.c.id).where(
+                        jobs_table.c.id.in_(job_ids), jobs_table.c.state.in_(sorted(FINISHED_STATES))
+                    )
+                ).scalars()
+            )
+        return [self.store.get(job_id) for job_id in done]
+
+    async def _poll(self) -> None:
+        while self._waiting:
+            try:
+                finished = await run_in_threadpool(self._finished, list(self._waiting))
+            except Exception as problem:
+                logger.warning("waiting for jobs: %s; retrying", problem)
+                finished = []
+                await asyncio.sleep(0.5)
+            for job in finished:
+                for future in self._waiting.pop(job.id, []):
+                    if not future.done():
+                        future.set_result(job)
+            await asyncio.sleep(self.poll_seconds)

@@ -1,0 +1,398 @@
+"""Atelier's own JSON API under ``/api``: asynchronous jobs, uploads, models, progress events.
+
+Jobs are submitted with ``202 Accepted`` and a job id; clients then poll ``GET /api/jobs/{id}``, follow
+``GET /api/jobs/{id}/events`` (server-sent events), or give a ``webhook_url`` to be called when it finishes.
+Uploads are raw request bodies (``curl -T shoes.zip .../api/training-data/shoes.zip``), so files of any size
+stream to disk without a multipart parser.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import uuid
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from atelier import __version__
+from atelier.errors import AtelierError, NotFoundError, UnsafeFileError
+from atelier.service.config import StudioConfig
+from atelier.service.events import job_events, job_progress
+from atelier.service.jobs import MAX_PRIORITY, Job
+from atelier.service.registry import check_model_name, inspect_model, model_name_for_key
+from atelier.service.security import decode_image
+from atelier.service.storage import TEMP_PREFIX, Storage
+from atelier.service.studio import Studio
+from atelier.service.submit import (
+    check_train_config,
+    prepare_generation,
+    read_train_config,
+    submit_generation,
+    submit_training,
+)
+from atelier.service.watcher import PICKLE_SUFFIXES
+
+MAX_CONFIG_BYTES = 1024 * 1024
+_UPLOAD_CHUNK = 1024 * 1024
+
+
+def get_studio(request: Request) -> Studio:
+    return request.app.state.studio
+
+
+StudioDep = Annotated[Studio, Depends(get_studio)]
+
+
+class GenerateBody(BaseModel):
+    """A generation job. Field names and meanings are A1111's; images are base64 (PNG, JPEG, WebP)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(description="the prompt, in A1111 syntax, including <lora:name:weight> tags")
+    negative_prompt: str | None = None
+    model: str | None = Field(
+        default=None, description="checkpoint name; default: the studio's current model"
+    )
+    sampler: str | None = Field(default=None, description="A1111 sampler name, e.g. 'DPM++ 2M'")
+    schedule_type: str | None = Field(default=None, description="Automatic, Karras, Exponential, ...")
+    steps: int | None = None
+    cfg_scale: float | None = None
+    seed: int | None = Field(default=None, description="-1 or absent: random (fixed when the job is queued)")
+    width: int | None = None
+    height: int | None = None
+    batch_size: int | None = None
+    batch_count: int | None = None
+    clip_skip: int | None = None
+    init_image: str | None = Field(default=None, description="img2img / inpainting source image (base64)")
+    mask: str | None = Field(default=None, description="inpainting mask (base64), white = repaint")
+    denoising_strength: float | None = None
+    mask_blur: int | None = None
+    inpaint_only_masked: bool | None = None
+    inpaint_padding: int | None = None
+    inpainting_fill: str | int | None = Field(
+        default=None, description="fill, original, latent noise, latent nothing (or A1111's index 0-3)"
+    )
+    mask_invert: bool | None = None
+    refiner: str | None = Field(default=None, description="SDXL refiner checkpoint name")
+    refiner_prompt: str | None = None
+    refiner_negative_prompt: str | None = None
+    refiner_switch_at: float | None = None
+    priority: int = Field(default=0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, description="higher runs first")
+    webhook_url: str | None = Field(default=None, description="called with the finished job (POST, JSON)")
+
+
+class TrainBody(BaseModel):
+    """A LoRA training job on a zip already in the training-data bucket."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    training_data: str = Field(description="the zip: 'shoes.zip' or 'training-data/shoes.zip'")
+    config: dict[str, Any] = Field(default_factory=dict, description="hyper-parameters under kohya's names")
+    base: str | None = Field(default=None, description="base checkpoint name; default: the studio's model")
+    preset: str | None = Field(default=None, description="sd15-lora or sdxl-dreambooth-lora")
+    priority: int = Field(default=-1, ge=-MAX_PRIORITY, le=MAX_PRIORITY)
+    webhook_url: str | None = None
+
+
+def job_links(job: Job) -> dict[str, str]:
+    base = f"/api/jobs/{job.id}"
+    return {
+        "self": base,
+        "events": f"{base}/events",
+        "results": f"{base}/results",
+        "cancel": f"{base}/cancel",
+    }
+
+
+def job_view(studio: Studio, job: Job) -> dict[str, Any]:
+    """A job as the native API shows it: progress, queue position, result and links."""
+    return {
+        **job_progress(studio.store, job),
+        "priority": job.priority,
+        "max_attempts": job.max_attempts,
+        "result": job.result,
+        "links": job_links(job),
+    }
+
+
+def _file_url(key: str) -> str:
+    return f"/api/files/{key}"
+
+
+def _inpainting_fill(value: str | int | None) -> str | None:
+    from atelier.engine.request import INPAINTING_FILL_MODES
+
+    if value is None or isinstance(value, str):
+        return value
+    if not 0 <= value < len(INPAINTING_FILL_MODES):
+        raise AtelierError(
+            f"inpainting_fill index must be 0 to {len(INPAINTING_FILL_MODES) - 1}, got {value}",
+            field="inpainting_fill",
+        )
+    return INPAINTING_FILL_MODES[value]
+
+
+def _object_version(storage: Storage, key: str) -> str:
+    for item in storage.list(key):
+        if item.key == key:
+            return item.version
+    raise NotFoundError(f"{key} was not stored", field="key")
+
+
+async def _receive_to_file(request: Request, destination: Path) -> int:
+    """Stream the request body into ``destination`` (size limited by the route's max_body_size)."""
+    size = 0
+    with destination.open("wb") as handle:
+        async for chunk in request.stream():
+            size += len(chunk)
+            handle.write(chunk)
+    return size
+
+
+def _upload_path(config: StudioConfig, filename: str) -> Path:
+    folder = config.cache_dir / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}-{filename}"
+
+
+def _check_upload_filename(filename: str, suffixes: tuple[str, ...], what: str) -> str:
+    if filename.lower().endswith(PICKLE_SUFFIXES):
+        raise UnsafeFileError(
+            f"{filename} is a Python pickle; Atelier never loads those (they can run code). Upload the "
+            ".safetensors version.",
+            field="file",
+        )
+    if not filename.lower().endswith(suffixes):
+        raise AtelierError(f"{what} must be a {' or '.join(suffixes)} file, got {filename!r}", field="file")
+    stem = filename[: filename.rindex(".")]
+    check_model_name(stem, what="file")
+    return filename
+
+
+def build_native_router(config: StudioConfig) -> APIRouter:
+    """The ``/api`` routes; upload routes get the studio's upload size limit."""
+    router = APIRouter(prefix="/api", tags=["studio"])
+
+    @router.get("/health", summary="Liveness probe (no key needed)")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    @router.post("/generate", status_code=202, summary="Queue a txt2img / img2img / inpainting job")
+    def generate(body: GenerateBody, studio: StudioDep) -> dict[str, Any]:
+        limit = studio.config.max_image_pixels
+        init_image = (
+            decode_image(body.init_image, field="init_image", max_pixels=limit) if body.init_image else None
+        )
+        mask = decode_image(body.mask, field="mask", max_pixels=limit) if body.mask else None
+        values = body.model_dump(
+            exclude_none=True,
+            exclude={"model", "refiner", "init_image", "mask", "priority", "webhook_url"},
+        )
+        if "inpainting_fill" in values:
+            values["inpainting_fill"] = _inpainting_fill(values["inpainting_fill"])
+        prepared = prepare_generation(
+            studio, values, model=body.model, refiner=body.refiner, init_image=init_image, mask=mask
+        )
+        job = submit_generation(
+            studio, prepared, priority=body.priority, webhook_url=body.webhook_url, extra={"origin": "api"}
+        )
+        return job_view(studio, job)
+
+    @router.post(
+        "/train", status_code=202, summary="Queue LoRA training on a zip in the training-data bucket"
+    )
+    def train(body: TrainBody, studio: StudioDep) -> dict[str, Any]:
+        key = body.training_data
+        if not key.startswith("training-data/"):
+            key = f"training-data/{key}"
+        job = submit_training(
+            studio,
+            key,
+            config=body.config,
+            base=body.base,
+            preset=body.preset,
+            priority=body.priority,
+            webhook_url=body.webhook_url,
+        )
+        return job_view(studio, job)
+
+    @router.get("/jobs", summary="List jobs, newest first")
+    def list_jobs(
+        studio: StudioDep,
+        state: str | None = None,
+        kind: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        jobs = studio.store.list(state=state, kind=kind, limit=limit, offset=offset)
+        return {"jobs": [job_view(studio, job) for job in jobs]}
+
+    @router.get("/jobs/{job_id}", summary="One job: state, progress, queue position, result")
+    def get_job(job_id: str, studio: StudioDep) -> dict[str, Any]:
+        return job_view(studio, studio.store.get(job_id))
+
+    @router.post(
+        "/jobs/{job_id}/cancel", summary="Cancel a queued job, or stop a running one at its next step"
+    )
+    def cancel_job(job_id: str, studio: StudioDep) -> dict[str, Any]:
+        return job_view(studio, studio.store.cancel(job_id))
+
+    @router.get("/jobs/{job_id}/events", summary="Live progress as server-sent events")
+    async def job_event_stream(job_id: str, request: Request, studio: StudioDep) -> StreamingResponse:
+        await run_in_threadpool(studio.store.get, job_id)
+        return StreamingResponse(
+            job_events(studio.store, job_id, is_disconnected=request.is_disconnected),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @router.get("/jobs/{job_id}/results", summary="A job's images (or trained model) with download URLs")
+    def job_results(job_id: str, studio: StudioDep) -> dict[str, Any]:
+        job = studio.store.get(job_id)
+        result = job.result or {}
+        out: dict[str, Any] = {"id": job.id, "kind": job.kind, "state": job.state, "error": job.error}
+        if job.kind == "generate":
+            out["images"] = [
+                {**image, "url": _file_url(image["key"]), "sidecar_url": _file_url(image["sidecar"])}
+                for image in result.get("images", [])
+            ]
+        else:
+            out["model"] = result.get("model")
+            out["samples"] = [{"key": key, "url": _file_url(key)} for key in result.get("samples", [])]
+            if result.get("summary"):
+                out["summary_url"] = _file_url(result["summary"])
+        return out
+
+    @router.get("/files/{key:path}", summary="Download a file from the outputs bucket")
+    def get_file(key: str, studio: StudioDep) -> Response:
+        if not key.startswith("outputs/"):
+            raise NotFoundError("only files in the outputs bucket can be downloaded", field="key")
+        media_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
+        local = studio.storage.local_path(key)
+        if local is not None:
+            if not local.is_file():
+                raise NotFoundError(f"storage object {key!r} not found", field="key")
+            return FileResponse(local, media_type=media_type)
+        return Response(studio.storage.get_bytes(key), media_type=media_type)
+
+    @router.get("/models", summary="Registered checkpoints and LoRAs")
+    def list_models(studio: StudioDep, kind: str | None = None) -> dict[str, Any]:
+        return {"models": [record.to_dict() for record in studio.registry.list(kind)]}
+
+    @router.put(
+        "/models/{filename}",
+        status_code=201,
+        summary="Upload a checkpoint or LoRA (.safetensors, raw body); usable by name at once",
+        max_body_size=config.max_upload_bytes,
+    )
+    async def upload_model(filename: str, request: Request, studio: StudioDep) -> dict[str, Any]:
+        _check_upload_filename(filename, (".safetensors",), "a model")
+        staging = _upload_path(studio.config, filename)
+        try:
+            await _receive_to_file(request, staging)
+            record = await run_in_threadpool(_register_upload, studio, staging, f"models/{filename}")
+        finally:
+            staging.unlink(missing_ok=True)
+        return record
+
+    @router.put(
+        "/training-data/{filename}",
+        summary="Upload a training zip (starts training) or its .toml hyper-parameters (raw body)",
+        max_body_size=config.max_upload_bytes,
+        responses={201: {"description": "stored"}, 202: {"description": "stored, training job queued"}},
+    )
+    async def upload_training_data(
+        filename: str, request: Request, response: Response, studio: StudioDep, start: bool = True
+    ) -> dict[str, Any]:
+        _check_upload_filename(filename, (".zip", ".toml"), "training data")
+        key = f"training-data/{filename}"
+        if filename.lower().endswith(".toml"):
+            body = await request.body()
+            if len(body) > MAX_CONFIG_BYTES:
+                raise AtelierError(f"{filename} is larger than {MAX_CONFIG_BYTES} bytes", field="file")
+            await run_in_threadpool(_store_train_config, studio, key, body)
+            response.status_code = 201
+            return {"key": key}
+        staging = _upload_path(studio.config, filename)
+        try:
+            await _receive_to_file(request, staging)
+            if not zipfile.is_zipfile(staging):
+                raise AtelierError(f"{filename} is not a zip archive", field="file")
+            await run_in_threadpool(studio.storage.put_file, key, staging)
+        finally:
+            staging.unlink(missing_ok=True)
+        if not start:
+            response.status_code = 201
+            return {"key": key, "job": None}
+        job = await run_in_threadpool(_start_training_upload, studio, key)
+        response.status_code = 202
+        return {"key": key, "job": job_view(studio, job) if job else None}
+
+    @router.get("/uploads", summary="What the bucket watchers did with each uploaded object")
+    def uploads(
+        studio: StudioDep,
+        bucket: str | None = None,
+        state: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        return {
+            "uploads": [
+                entry.to_dict() for entry in studio.ledger.list(bucket=bucket, state=state, limit=limit)
+            ]
+        }
+
+    return router
+
+
+def _register_upload(studio: Studio, staging: Path, key: str) -> dict[str, Any]:
+    """Validate an uploaded model, store it and register it; the ledger entry keeps the watcher off it."""
+    info = inspect_model(staging)
+    name = model_name_for_key(key)
+    existing = next(
+        (r for r in studio.registry.list(info.kind) if r.name == name and r.storage_key != key), None
+    )
+    if existing is not None:
+        raise AtelierError(
+            f"a {info.kind} named {name!r} is already registered from {existing.storage_key}; rename the file",
+            field="file",
+        )
+    studio.storage.put_file(key, staging)
+    version = _object_version(studio.storage, key)
+    claimed = studio.ledger.claim_object("models", key, version, worker_id="api")
+    record = studio.registry.register(name=name, storage_key=key, info=info, version=version, source="upload")
+    if claimed:
+        studio.ledger.mark_done("models", key, version)
+    return record.to_dict()
+
+
+def _store_train_config(studio: Studio, key: str, body: bytes) -> None:
+    config = read_train_config(body, name=PurePosixPath(key).name)
+    check_train_config(studio, config)
+    studio.storage.put_bytes(key, body)
+
+
+def _start_training_upload(studio: Studio, key: str) -> Job | None:
+    """Queue training for a just-uploaded zip, unless a watcher already took this version of it."""
+    version = _object_version(studio.storage, key)
+    if not studio.ledger.claim_object("training-data", key, version, worker_id="api"):
+        return None
+    config_key = key[: -len(".zip")] + ".toml"
+    try:
+        config = {}
+        if studio.storage.exists(config_key):
+            config = read_train_config(
+                studio.storage.get_bytes(config_key), name=PurePosixPath(config_key).name
+            )
+        else:
+            config_key = None
+        job = submit_training(studio, key, config=config, config_key=config_key)
+    except AtelierError as problem:
+        studio.ledger.mark_failed("training-data", key, version, str(problem))
+        raise
+    studio.ledger.mark_done("training-data", key, version)
+    return job

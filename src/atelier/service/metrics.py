@@ -1,0 +1,148 @@
+"""Prometheus metrics on ``/metrics``: queue depth per state and kind, job latencies, local workers.
+
+The numbers come from the jobs table, so any API process reports the whole queue, wherever its workers run.
+``atelier_queue_depth`` (jobs waiting) is the metric an external autoscaler such as KEDA scales worker pods on;
+see docs/service.md. Latency histograms are fed from jobs that finished since the previous scrape of this
+process; scrape one API process (or aggregate with ``max``), not the sum of several.
+
+Uses the official ``prometheus_client`` package, with a registry per app instead of the global one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from atelier.service.jobs import FINISHED_STATES, JOB_KINDS, JOB_STATES, SqlJobStore, jobs_table, utc_now
+
+# Generation on a warm GPU takes seconds; training takes hours.
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, float("inf"))
+
+
+class _QueueCollector(Collector):
+    def __init__(self, store: SqlJobStore, worker_counts: Callable[[], dict[str, int]] | None) -> None:
+        self.store = store
+        self.worker_counts = worker_counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(jobs_table.c.state, jobs_table.c.kind, sa.func.count()).group_by(
+                    jobs_table.c.state, jobs_table.c.kind
+                )
+            ).all()
+        counts = {(state, kind): 0 for state in JOB_STATES for kind in JOB_KINDS}
+        counts.update({(state, kind): int(count) for state, kind, count in rows})
+        jobs = GaugeMetricFamily(
+            "atelier_jobs", "Jobs in the queue table by state and kind", labels=["state", "kind"]
+        )
+        for (state, kind), count in sorted(counts.items()):
+            jobs.add_metric([state, kind], count)
+        yield jobs
+        depth = GaugeMetricFamily(
+            "atelier_queue_depth", "Jobs waiting for a worker (state queued), by kind", labels=["kind"]
+        )
+        for kind in JOB_KINDS:
+            depth.add_metric([kind], counts[("queued", kind)])
+        yield depth
+        running = GaugeMetricFamily("atelier_jobs_running", "Jobs being run by a worker right now")
+        running.add_metric([], sum(counts[("running", kind)] for kind in JOB_KINDS))
+        yield running
+        if self.worker_counts is not None:
+            workers = GaugeMetricFamily(
+                "atelier_local_workers", "Worker processes supervised by this server", labels=["state"]
+            )
+            for state, count in sorted(self.worker_counts().items()):
+                workers.add_metric([state], count)
+            yield workers
+
+
+class StudioMetrics:
+    """The metrics of one API process."""
+
+    def __init__(
+        self,
+        store: SqlJobStore,
+        *,
+        worker_counts: Callable[[], dict[str, int]] | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.store = store
+        self._clock = clock
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_QueueCollector(store, worker_counts))
+        self.latency = Histogram(
+            "atelier_job_latency_seconds",
+            "Time from submission to the end of a job",
+            ["kind", "state"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.wait = Histogram(
+            "atelier_job_wait_seconds",
+            "Time a job waited in the queue before its (last) run started",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.run = Histogram(
+            "atelier_job_run_seconds",
+            "Time a worker spent on a job's (last) run",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._since = clock()
+        self._seen_at_since: set[str] = set()
+
+    def observe_finished(self) -> int:
+        """Add jobs that finished since the last call to the histograms; return how many."""
+        columns = (
+            jobs_table.c.id,
+            jobs_table.c.kind,
+            jobs_table.c.state,
+            jobs_table.c.created_at,
+            jobs_table.c.started_at,
+            jobs_table.c.finished_at,
+        )
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(*columns)
+                .where(
+                    jobs_table.c.state.in_(sorted(FINISHED_STATES)),
+                    jobs_table.c.finished_at >= self._since,
+                )
+                .order_by(jobs_table.c.finished_at)
+            ).all()
+        observed = 0
+        newest = self._since
+        seen_at_newest: set[str] = set(self._seen_at_since)
+        for row in rows:
+            if row.finished_at == self._since and row.id in self._seen_at_since:
+                continue
+            self.latency.labels(row.kind, row.state).observe(_seconds(row.created_at, row.finished_at))
+            if row.started_at is not None:
+                self.wait.labels(row.kind).observe(_seconds(row.created_at, row.started_at))
+                self.run.labels(row.kind).observe(_seconds(row.started_at, row.finished_at))
+            observed += 1
+            if row.finished_at > newest:
+                newest, seen_at_newest = row.finished_at, set()
+            seen_at_newest.add(row.id)
+        # Jobs finishing in the same instant as the newest one seen are remembered so they count once.
+        self._since, self._seen_at_since = newest, seen_at_newest
+        return observed
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        self.observe_finished()
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _seconds(start: Any, end: Any) -> float:
+    return max(0.0, (end - start).total_seconds())

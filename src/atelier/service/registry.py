@@ -1,0 +1,411 @@
+"""The model registry: which checkpoints and LoRAs the studio can use, by name, shared by every process.
+
+A model file in the ``models/`` bucket becomes usable once it is registered here: the bucket watcher
+registers uploads after validating them, a training job registers the LoRA it wrote, and ``atelier serve``
+registers the demo model. The API answers "which models exist" from this table (never by scanning the bucket),
+and workers find a model's storage key and hash here before downloading it.
+
+Checkpoints and LoRAs have separate name spaces, as in A1111 (``sd_model_checkpoint`` vs ``<lora:name:w>``).
+A name is the file name without ``.safetensors`` (or a diffusers folder's name); it never contains a folder,
+so a name typed into a prompt or a request cannot reach other files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from atelier.errors import AtelierError, NotFoundError, UnsafeFileError
+from atelier.service.jobs import UtcDateTime, ensure_schema, utc_now, write_engine
+
+REGISTRY_SCHEMA_VERSION = 1
+MODEL_KINDS = ("checkpoint", "lora")
+MODEL_SOURCES = ("upload", "training", "demo")
+MODEL_SUFFIX = ".safetensors"
+# Characters that would break a `<lora:name:w>` tag or a file name on some system.
+_FORBIDDEN_NAME_CHARACTERS = re.compile(r"[<>:\"/\\|?*\x00-\x1f]")
+
+_metadata = sa.MetaData()
+models_table = sa.Table(
+    "registered_models",
+    _metadata,
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("storage_key", sa.String(1024), nullable=False, unique=True),
+    sa.Column("is_folder", sa.Boolean, nullable=False),
+    sa.Column("architecture", sa.String(32), nullable=False),
+    sa.Column("family", sa.String(16), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("lora_hash", sa.String(64)),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("version", sa.String(256), nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("label", sa.String(255)),
+    sa.Column("details", sa.JSON, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class ModelFileInfo:
+    """What validating a model file (or diffusers folder) found, before it is registered."""
+
+    kind: str
+    architecture: str  # checkpoints: sd15, sd15-inpaint, sdxl, sdxl-refiner; LoRAs: their family
+    family: str  # "sd15", "sdxl" or (LoRAs only) "unknown"
+    sha256: str
+    lora_hash: str | None
+    size: int
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """One registered checkpoint or LoRA."""
+
+    kind: str
+    name: str
+    storage_key: str
+    is_folder: bool
+    architecture: str
+    family: str
+    sha256: str
+    lora_hash: str | None
+    size: int
+    version: str
+    source: str
+    label: str | None
+    details: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def short_hash(self) -> str:
+        """The 10-character hash A1111 shows for checkpoints."""
+        return self.sha256[:10]
+
+    @property
+    def display_name(self) -> str:
+        """The name with its label, e.g. ``atelier-demo-sd15 (demo: random weights)``."""
+        return f"{self.name} ({self.label})" if self.label else self.name
+
+    @property
+    def filename(self) -> str:
+        """The path inside the models bucket, as A1111 shows checkpoint files."""
+        return self.storage_key.removeprefix("models/")
+
+    @property
+    def title(self) -> str:
+        """A1111's checkpoint title: file name and short hash (the value of ``sd_model_checkpoint``)."""
+        shown = f"{self.filename} ({self.label})" if self.label else self.filename
+        return f"{shown} [{self.short_hash}]"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe values, datetimes as ISO 8601 strings, plus the derived title and display name."""
+        out: dict[str, Any] = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            out[field.name] = value.isoformat() if isinstance(value, datetime) else value
+        out["title"] = self.title
+        out["display_name"] = self.display_name
+        out["short_hash"] = self.short_hash
+        return out
+
+
+_RECORD_FIELDS = tuple(field.name for field in fields(ModelRecord))
+
+
+def _record(row: sa.Row[Any]) -> ModelRecord:
+    values = {name: row._mapping[name] for name in _RECORD_FIELDS}
+    values["is_folder"] = bool(values["is_folder"])
+    return ModelRecord(**values)
+
+
+def check_model_name(name: object, *, what: str = "model") -> str:
+    """Return ``name`` if it can name a model; :class:`UnsafeFileError` otherwise (folders, ``..``, ``:``)."""
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or name != name.strip()
+        or name.startswith(".")
+        or len(name.encode("utf-8")) > 255
+        or _FORBIDDEN_NAME_CHARACTERS.search(name)
+    ):
+        raise UnsafeFileError(
+            f"invalid {what} name {name!r}: use a plain file name without folders, ':' or '<>'", field=what
+        )
+    return name
+
+
+def model_name_for_key(key: str) -> str:
+    """The name a model gets from its storage key: the file name without ``.safetensors``, or the folder name."""
+    last = PurePosixPath(key).name
+    return last[: -len(MODEL_SUFFIX)] if last.lower().endswith(MODEL_SUFFIX) else last
+
+
+def inspect_model(path: str | os.PathLike[str]) -> ModelFileInfo:
+    """Validate a local checkpoint or LoRA without loading its weights, and hash it.
+
+    Reads only the safetensors header (architecture detection) and the bytes (sha256). Pickle formats are
+    refused before anything is read. Raises :class:`AtelierError` for files that are neither a Stable
+    Diffusion checkpoint nor a LoRA.
+    """
+    from atelier.engine.architectures import base_family
+    from atelier.engine.loras import inspect_lora, lora_sha256
+    from atelier.engine.models import detect_architecture, model_sha256, refuse_pickle
+
+    path = Path(path)
+    refuse_pickle(path)
+    if path.is_dir():
+        architecture = detect_architecture(path)
+        size = sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
+        return ModelFileInfo(
+            "checkpoint", architecture, base_family(architecture), model_sha256(path), None, size
+        )
+    if path.suffix.lower() != MODEL_SUFFIX:
+        raise AtelierError(
+            f"{path.name}: only .safetensors files (or diffusers folders) are accepted as models",
+            field="file",
+        )
+    try:
+        architecture = detect_architecture(path)
+    except AtelierError as checkpoint_problem:
+        try:
+            family, _width = inspect_lora(path)
+        except AtelierError:
+            raise AtelierError(str(checkpoint_problem), field="file") from None
+        return ModelFileInfo(
+            "lora", family, family, model_sha256(path), lora_sha256(path), path.stat().st_size
+        )
+    return ModelFileInfo(
+        "checkpoint", architecture, base_family(architecture), model_sha256(path), None, path.stat().st_size
+    )
+
+
+class ModelRegistry:
+    """The registry table on a SQLAlchemy engine from :func:`atelier.service.jobs.open_database`."""
+
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = utc_now) -> None:
+        self.engine = engine
+        self._write_engine = write_engine(engine)
+        self._clock = clock
+        ensure_schema(engine, _metadata, "registry", REGISTRY_SCHEMA_VERSION)
+
+    def register(
+        self,
+        *,
+        name: str,
+        storage_key: str,
+        info: ModelFileInfo,
+        version: str,
+        is_folder: bool = False,
+        source: str = "upload",
+        label: str | None = None,
+        details: Mapping[str, Any] | None = None,
+        keep_source: bool = False,
+    ) -> ModelRecord:
+        """Add or update the model stored at ``storage_key``; return the registered record.
+
+        With ``keep_source``, a record of the same key and content keeps its source, label and details (the
+        watcher re-reading a file that training or ``serve`` registered does not relabel it as an upload).
+        Raises :class:`AtelierError` when another file already holds the name for this kind of model.
+        """
+        what = "lora" if info.kind == "lora" else "model"
+        check_model_name(name, what=what)
+        if source not in MODEL_SOURCES:
+            raise AtelierError(f"source must be one of {', '.join(MODEL_SOURCES)}", field="source")
+        now = self._clock()
+        values: dict[str, Any] = {
+            "kind": info.kind,
+            "name": name,
+            "storage_key": storage_key,
+            "is_folder": is_folder,
+            "architecture": info.architecture,
+            "family": info.family,
+            "sha256": info.sha256,
+            "lora_hash": info.lora_hash,
+            "size": info.size,
+            "version": version,
+            "source": source,
+            "label": label,
+            "details": dict(details or {}),
+            "updated_at": now,
+        }
+        try:
+            with self._write_engine.begin() as conn:
+                existing = conn.execute(
+                    sa.select(models_table).where(models_table.c.storage_key == storage_key)
+                ).one_or_none()
+                if existing is None:
+                    conn.execute(models_table.insert().values(created_at=now, **values))
+                else:
+                    if keep_source and existing.sha256 == info.sha256:
+                        values.update(
+                            source=existing.source, label=existing.label, details=existing.details or {}
+                        )
+                    conn.execute(
+                        models_table.update()
+                        .where(models_table.c.storage_key == storage_key)
+                        .values(**values)
+                    )
+        except IntegrityError:
+            holder = self._find(info.kind, name)
+            where = holder.storage_key if holder else "another file"
+            raise AtelierError(
+                f"a {info.kind} named {name!r} is already registered from {where}; rename the file",
+                field=what,
+            ) from None
+        record = self.by_key(storage_key)
+        assert record is not None
+        return record
+
+    def _find(self, kind: str, name: str) -> ModelRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(models_table).where(models_table.c.kind == kind, models_table.c.name == name)
+            ).one_or_none()
+        return None if row is None else _record(row)
+
+    def get(self, name: str, kind: str = "checkpoint") -> ModelRecord:
+        """The model of this kind and exact name; :class:`NotFoundError` naming what is available."""
+        what = "lora" if kind == "lora" else "model"
+        if kind not in MODEL_KINDS:
+            raise AtelierError(f"kind must be one of {', '.join(MODEL_KINDS)}", field="kind")
+        if not isinstance(name, str):
+            raise AtelierError(f"{what} must be a name (text)", field=what)
+        record = self._find(kind, name)
+        if record is None:
+            available = ", ".join(item.name for item in self.list(kind)) or "none"
+            label = "LoRA" if kind == "lora" else "model"
+            raise NotFoundError(f"unknown {label} {name!r}; available: {available}", field=what)
+        return record
+
+    def find_checkpoint(self, text: str, *, field: str = "model") -> ModelRecord:
+        """A checkpoint by any name A1111 clients use: name, title, file name, short hash or sha256."""
+        if not isinstance(text, str) or not text.strip():
+            raise AtelierError("model name is empty", field=field)
+        wanted = text.strip()
+        checkpoints = self.list("checkpoint")
+        for record in checkpoints:
+            if wanted in (
+                record.name,
+                record.title,
+                record.filename,
+                record.storage_key,
+                record.display_name,
+                record.short_hash,
+                record.sha256,
+            ):
+                return record
+        # "name [hash]" as older A1111 versions wrote it, or a title whose label changed.
+        bare = re.sub(r"\s*\[[0-9a-f]{8,64}\]$", "", wanted).removesuffix(MODEL_SUFFIX)
+        for record in checkpoints:
+            if bare in (record.name, record.filename.removesuffix(MODEL_SUFFIX), record.display_name):
+                return record
+        available = ", ".join(record.name for record in checkpoints) or "none"
+        raise NotFoundError(f"unknown model {wanted!r}; available: {available}", field=field)
+
+    def by_key(self, storage_key: str) -> ModelRecord | None:
+        """The model registered from this storage key, if any."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(models_table).where(models_table.c.storage_key == storage_key)
+            ).one_or_none()
+        return None if row is None else _record(row)
+
+    def list(self, kind: str | None = None) -> list[ModelRecord]:
+        """Registered models (of one kind if given), by kind then name."""
+        query = sa.select(models_table).order_by(models_table.c.kind, models_table.c.name)
+        if kind is not None:
+            if kind not in MODEL_KINDS:
+                raise AtelierError(f"kind must be one of {', '.join(MODEL_KINDS)}", field="kind")
+            query = query.where(models_table.c.kind == kind)
+        with self.engine.connect() as conn:
+            return [_record(row) for row in conn.execute(query).all()]
+
+    def remove(self, storage_key: str) -> bool:
+        """Forget the model registered from ``storage_key``; False if none was."""
+        with self.engine.begin() as conn:
+            return (
+                conn.execute(models_table.delete().where(models_table.c.storage_key == storage_key)).rowcount
+                == 1
+            )
+
+    def default_checkpoint(self, preferred: str | None = None) -> ModelRecord:
+        """The checkpoint to use when a request names none.
+
+        ``preferred`` (the ``sd_model_checkpoint`` option) wins if it is still registered; then the first real
+        checkpoint by name; the demo model only when nothing else exists.
+        """
+        if preferred:
+            try:
+                return self.find_checkpoint(preferred)
+            except NotFoundError:
+                pass
+        checkpoints = [record for record in self.list("checkpoint") if record.architecture != "sdxl-refiner"]
+        real = [record for record in checkpoints if record.source != "demo"]
+        if real:
+            return real[0]
+        if checkpoints:
+            return checkpoints[0]
+        raise NotFoundError(
+            "no model is registered yet; upload a .safetensors checkpoint to the models bucket", field="model"
+        )
+
+
+_settings_metadata = sa.MetaData()
+settings_table = sa.Table(
+    "studio_settings",
+    _settings_metadata,
+    sa.Column("key", sa.String(128), primary_key=True),
+    sa.Column("value", sa.JSON, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+SETTINGS_SCHEMA_VERSION = 1
+
+
+class StudioSettings:
+    """Studio-wide options (A1111's ``/sdapi/v1/options``), kept in the database so every API process agrees."""
+
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = utc_now) -> None:
+        self.engine = engine
+        self._clock = clock
+        ensure_schema(engine, _settings_metadata, "settings", SETTINGS_SCHEMA_VERSION)
+
+    def all(self) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(settings_table.c.key, settings_table.c.value)).all()
+        return {key: value for key, value in rows}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                sa.select(settings_table.c.value).where(settings_table.c.key == key)
+            ).one_or_none()
+        return default if value is None else value[0]
+
+    def update(self, values: Mapping[str, Any]) -> None:
+        """Set several options in one transaction."""
+        insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        now = self._clock()
+        with self.engine.begin() as conn:
+            for key, value in values.items():
+                if not isinstance(key, str) or not 1 <= len(key) <= 128:
+                    raise AtelierError("option names must be text of 1 to 128 characters", field="options")
+                statement = insert(settings_table).values(key=key, value=value, updated_at=now)
+                conn.execute(
+                    statement.on_conflict_do_update(
+                        index_elements=[settings_table.c.key],
+                        set_={"value": statement.excluded.value, "updated_at": now},
+                    )
+                )

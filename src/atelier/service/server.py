@@ -1,0 +1,127 @@
+"""``atelier serve``: the API, the bucket watchers, the webhook dispatcher and the worker supervisor together.
+
+:class:`StudioServer` starts each piece on one :class:`~atelier.service.studio.Studio`. Everything it keeps
+is in the database and the storage, so the server can be stopped and started again at any time: queued jobs
+wait in the database and are run once workers are back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import uvicorn
+
+from atelier.errors import AtelierError
+from atelier.service.api import create_app
+from atelier.service.config import StudioConfig, is_loopback_host
+from atelier.service.studio import Studio
+from atelier.service.supervisor import Spawn, WorkerSupervisor, spawn_worker_process
+from atelier.service.watcher import BucketWatcher
+
+logger = logging.getLogger(__name__)
+
+
+class StudioServer:
+    """Runs one studio: HTTP API plus background services. ``spawn=None`` uses ``atelier worker`` processes."""
+
+    def __init__(self, config: StudioConfig, *, spawn: Spawn | None = None, log_level: str = "info") -> None:
+        self.config = config
+        self.studio = Studio.open(config)
+        self.always_require_keys = not is_loopback_host(config.host)
+        if self.always_require_keys and not self.studio.keys.any_active():
+            self.studio.close()
+            raise AtelierError(
+                f"listening on {config.host} makes the studio reachable from other machines, so it needs an API "
+                "key first: run 'atelier keys create NAME' (with the same --data or --db), or bind 127.0.0.1",
+                field="host",
+            )
+        self.studio.ensure_demo_model()
+        self.watcher = BucketWatcher(self.studio) if config.watch else None
+        self.supervisor = None
+        if config.max_workers > 0:
+            self.supervisor = WorkerSupervisor(
+                self.studio.store,
+                min_workers=config.min_workers,
+                max_workers=config.max_workers,
+                spawn=spawn or spawn_worker_process(config),
+                scale_down_after=config.scale_down_after_seconds,
+            )
+        self.app = create_app(
+            self.studio,
+            always_require_keys=self.always_require_keys,
+            supervisor=self.supervisor,
+            watcher=self.watcher,
+        )
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                self.app, host=config.host, port=config.port, log_level=log_level, access_log=False
+            )
+        )
+        self._server_thread: threading.Thread | None = None
+
+    def _start_background(self) -> None:
+        config = self.config
+        tasks: list[tuple[str, Any]] = [
+            ("webhooks", lambda: self.studio.webhooks.run(self._stop, 0.25)),
+        ]
+        if self.watcher is not None:
+            tasks.append(("watcher", lambda: self.watcher.run(self._stop, config.watch_seconds)))
+        if self.supervisor is not None:
+            tasks.append(("supervisor", lambda: self.supervisor.run(self._stop, config.supervise_seconds)))
+        for name, target in tasks:
+            thread = threading.Thread(target=target, name=f"atelier-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _stop_background(self) -> None:
+        self._stop.set()
+        if self.watcher is not None:
+            self.watcher.wake.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        if self.supervisor is not None:
+            self.supervisor.shutdown()
+
+    @property
+    def url(self) -> str:
+        """The base URL the API listens on (with the real port when started with port 0)."""
+        port = self.config.port
+        if self._server.started and self._server.servers:
+            port = self._server.servers[0].sockets[0].getsockname()[1]
+        host = self.config.host
+        return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+    def run(self) -> None:
+        """Serve until interrupted (Ctrl-C / SIGTERM), then stop everything."""
+        self._start_background()
+        logger.info("Atelier studio: data in %s", self.config.data_dir)
+        try:
+            self._server.run()
+        finally:
+            self._stop_background()
+            self.studio.close()
+
+    def start(self, timeout: float = 30.0) -> str:
+        """Serve from a background thread (tests, notebooks); return the base URL once it accepts requests."""
+        self._start_background()
+        self._server_thread = threading.Thread(target=self._server.run, name="atelier-http", daemon=True)
+        self._server_thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._server_thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the HTTP server did not start")
+            time.sleep(0.02)
+        return self.url
+
+    def stop(self) -> None:
+        """Stop a server started with :meth:`start`."""
+        self._server.should_exit = True
+        if self._server_thread is not None:
+            self._server_thread.join(timeout=10)
+        self._stop_background()
+        self.studio.close()

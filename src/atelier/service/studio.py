@@ -1,0 +1,117 @@
+"""One studio: its database tables, its storage and its settings, opened together from a :class:`StudioConfig`.
+
+:class:`Studio` holds no background activity; :mod:`atelier.service.server` runs the API, the watchers, the
+webhook dispatcher and the worker supervisor on top of it, and a worker process opens its own Studio.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+
+from atelier.service.config import StudioConfig
+from atelier.service.jobs import SqlJobStore, open_database
+from atelier.service.ledger import Ledger
+from atelier.service.modelfiles import FOLDER_MODEL_MARKER, folder_version, upload_folder
+from atelier.service.registry import ModelRecord, ModelRegistry, StudioSettings, inspect_model
+from atelier.service.security import ApiKeyStore
+from atelier.service.storage import Storage, open_storage
+from atelier.service.webhooks import WebhookDeliveries
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Studio:
+    """The shared state of a studio deployment, all of it in the database and the storage."""
+
+    config: StudioConfig
+    database: Engine
+    store: SqlJobStore
+    ledger: Ledger
+    registry: ModelRegistry
+    settings: StudioSettings
+    keys: ApiKeyStore
+    webhooks: WebhookDeliveries
+    storage: Storage
+
+    @classmethod
+    def open(cls, config: StudioConfig) -> Studio:
+        """Connect to the database (creating tables if needed) and the storage of ``config``."""
+        database = open_database(config.database_url)
+        storage = open_storage(config.storage_url, endpoint_url=config.storage_endpoint_url)
+        return cls(
+            config=config,
+            database=database,
+            store=SqlJobStore(database),
+            ledger=Ledger(database),
+            registry=ModelRegistry(database),
+            settings=StudioSettings(database),
+            keys=ApiKeyStore(database),
+            webhooks=WebhookDeliveries(
+                database,
+                attempts=config.webhook_attempts,
+                backoff_seconds=config.webhook_backoff_seconds,
+                timeout_seconds=config.webhook_timeout_seconds,
+            ),
+            storage=storage,
+        )
+
+    def close(self) -> None:
+        self.database.dispose()
+
+    def ensure_demo_model(self) -> ModelRecord | None:
+        """Create and register the tiny random-weight demo model when the studio has no model at all.
+
+        Returns the demo's record, or None when a model exists (registered, or waiting in the models bucket for
+        the watcher). The demo is labelled "demo: random weights" everywhere it is listed.
+        """
+        from atelier.engine.architectures import DEMO_LABEL
+        from atelier.engine.library import DEMO_MODEL_NAME
+        from atelier.engine.tiny import create_tiny_model
+
+        if self.registry.list("checkpoint"):
+            return None
+        waiting = [
+            item
+            for item in self.storage.list("models")
+            if item.key.endswith((".safetensors", "/" + FOLDER_MODEL_MARKER))
+        ]
+        if waiting:
+            return None
+        key = f"models/{DEMO_MODEL_NAME}"
+        local = self.storage.local_path(key)
+        staging = None
+        try:
+            if local is None:
+                staging = Path(tempfile.mkdtemp(prefix="atelier-demo-"))
+                local = create_tiny_model("sd15", staging / DEMO_MODEL_NAME)
+                objects = upload_folder(self.storage, local, key)
+            else:
+                if not (local / FOLDER_MODEL_MARKER).is_file():
+                    create_tiny_model("sd15", local, overwrite=True)
+                objects = self.storage.list(key)
+            info = inspect_model(local)
+        finally:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+        version = folder_version(objects)
+        claimed = self.ledger.claim_object("models", key, version, worker_id="serve")
+        record = self.registry.register(
+            name=DEMO_MODEL_NAME,
+            storage_key=key,
+            info=info,
+            version=version,
+            is_folder=True,
+            source="demo",
+            label=DEMO_LABEL,
+        )
+        if claimed:
+            self.ledger.mark_done("models", key, version)
+        logger.info("no model found: created the demo model %s (%s)", record.name, DEMO_LABEL)
+        return record

@@ -1,0 +1,280 @@
+"""Turning a client's request into a queued job, after checking everything that can be checked up front.
+
+Both HTTP APIs (native and A1111) and the bucket watcher go through here, so a request is refused with the
+same message whichever way it came, and a queued job only fails later for reasons that did not exist at
+submission (a model deleted meanwhile, an out-of-memory error).
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import tomllib
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from atelier.errors import AtelierError
+from atelier.service.jobs import Job
+from atelier.service.registry import ModelRecord
+from atelier.service.security import check_pixels
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from atelier.service.studio import Studio
+
+# Request fields a client may set, in GenerationRequest's (A1111's) vocabulary. Images and model names are
+# handled separately: images are stored as files, models are registry names.
+GENERATION_FIELDS = (
+    "prompt",
+    "negative_prompt",
+    "sampler",
+    "schedule_type",
+    "steps",
+    "cfg_scale",
+    "seed",
+    "width",
+    "height",
+    "batch_size",
+    "batch_count",
+    "clip_skip",
+    "denoising_strength",
+    "mask_blur",
+    "inpaint_only_masked",
+    "inpaint_padding",
+    "inpainting_fill",
+    "mask_invert",
+    "refiner_prompt",
+    "refiner_negative_prompt",
+    "refiner_switch_at",
+)
+TRAIN_CONFIG_KEYS_OWNED_BY_STUDIO = (
+    "base",
+    "preset",
+    "pretrained_model_name_or_path",
+    "train_data_dir",
+    "output_dir",
+)
+MAX_SEED = 2**32 - 2
+
+
+@dataclass
+class PreparedGeneration:
+    """A checked generation request, ready to queue."""
+
+    params: dict[str, Any]
+    model: ModelRecord
+    refiner: ModelRecord | None = None
+    loras: list[ModelRecord] = field(default_factory=list)
+    init_image: Image.Image | None = None
+    mask: Image.Image | None = None
+
+    @property
+    def mode(self) -> str:
+        if self.mask is not None:
+            return "inpaint"
+        return "img2img" if self.init_image is not None else "txt2img"
+
+
+def prepare_generation(
+    studio: Studio,
+    values: Mapping[str, Any],
+    *,
+    model: str | None = None,
+    refiner: str | None = None,
+    init_image: Image.Image | None = None,
+    mask: Image.Image | None = None,
+) -> PreparedGeneration:
+    """Check a generation request against the engine's rules, the registry and the studio's limits.
+
+    Raises :class:`AtelierError` (or :class:`~atelier.errors.NotFoundError`) naming the offending field. The
+    seed is fixed here (-1 becomes a random seed) so that the job's outputs are the same if it runs again.
+    """
+    from atelier.engine.request import GenerationRequest
+    from atelier.engine.samplers import resolve_sampler
+    from atelier.prompts.parser import parse_prompt
+
+    unknown = sorted(set(values) - set(GENERATION_FIELDS))
+    if unknown:
+        raise AtelierError(f"unknown field {unknown[0]!r}", field=unknown[0])
+    params = dict(values)
+    request = GenerationRequest(**params, model=model, init_image=init_image, mask=mask)
+    request.validate()
+    limits = studio.config
+    check_pixels(request.width, request.height, limits.max_image_pixels, field="width")
+    if request.width * request.height * request.batch_size > limits.max_output_pixels:
+        raise AtelierError(
+            f"batch_size {request.batch_size} at {request.width}x{request.height} is over the limit of "
+            f"{limits.max_output_pixels} pixels per batch",
+            field="batch_size",
+        )
+    params["sampler"], params["schedule_type"] = resolve_sampler(request.sampler, request.schedule_type)
+    if request.seed == -1:
+        params["seed"] = random.randrange(MAX_SEED - request.batch_size * request.batch_count)
+
+    checkpoint = (
+        studio.registry.find_checkpoint(model)
+        if model
+        else studio.registry.default_checkpoint(studio.settings.get("sd_model_checkpoint"))
+    )
+    if checkpoint.architecture == "sdxl-refiner" and request.mode == "txt2img":
+        raise AtelierError(
+            f"{checkpoint.name} is an SDXL refiner; it cannot generate from text alone", field="model"
+        )
+    refiner_record = None
+    if refiner:
+        refiner_record = studio.registry.find_checkpoint(refiner, field="refiner")
+        if refiner_record.architecture != "sdxl-refiner":
+            raise AtelierError(f"{refiner_record.name} is not an SDXL refiner", field="refiner")
+        if checkpoint.architecture != "sdxl":
+            raise AtelierError("a refiner can only follow an SDXL base model", field="refiner")
+        if request.mode != "txt2img":
+            raise AtelierError("the refiner stage is available for txt2img only", field="refiner")
+
+    loras = []
+    prompts = [request.prompt] + ([request.refiner_prompt] if request.refiner_prompt else [])
+    for text in prompts:
+        for tag in parse_prompt(text).loras:
+            record = studio.registry.get(tag.name, "lora")
+            if record.family not in ("unknown", checkpoint.family):
+                raise AtelierError(
+                    f"LoRA {record.name!r} was trained for {record.family.upper()} but the model "
+                    f"{checkpoint.name!r} is {checkpoint.family.upper()}",
+                    field="lora",
+                )
+            loras.append(record)
+    return PreparedGeneration(params, checkpoint, refiner_record, loras, init_image, mask)
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    # Inputs are read once by a worker: fast compression beats small files here.
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def submit_generation(
+    studio: Studio,
+    prepared: PreparedGeneration,
+    *,
+    priority: int = 0,
+    owner: str | None = None,
+    webhook_url: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Job:
+    """Store the request's images and queue the generate job."""
+    job_id = uuid.uuid4().hex
+    payload: dict[str, Any] = {
+        "request": prepared.params,
+        "model": prepared.model.name,
+        "refiner": prepared.refiner.name if prepared.refiner else None,
+        "loras": [record.name for record in prepared.loras],
+        "mode": prepared.mode,
+        **(extra or {}),
+    }
+    for name, image in (("init_image", prepared.init_image), ("mask", prepared.mask)):
+        if image is not None:
+            key = f"outputs/{job_id}/inputs/{name}.png"
+            studio.storage.put_bytes(key, _png(image))
+            payload[f"{name}_key"] = key
+    return _submit(studio, "generate", payload, job_id, priority, owner, webhook_url)
+
+
+def _submit(
+    studio: Studio,
+    kind: str,
+    payload: dict[str, Any],
+    job_id: str,
+    priority: int,
+    owner: str | None,
+    webhook_url: str | None,
+) -> Job:
+    job = studio.store.submit(
+        kind,
+        payload,
+        priority=priority,
+        owner=owner,
+        max_attempts=studio.config.max_attempts,
+        webhook_url=webhook_url,
+        job_id=job_id,
+    )
+    if webhook_url:
+        studio.webhooks.expect(job.id, webhook_url)
+    return job
+
+
+def read_train_config(data: bytes, *, name: str) -> dict[str, Any]:
+    """Parse the TOML hyper-parameters uploaded next to a training zip."""
+    try:
+        return tomllib.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise AtelierError(f"{name} is not UTF-8 text", field="config") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise AtelierError(f"{name} is not valid TOML: {exc}", field="config") from None
+
+
+def training_preset(base: ModelRecord) -> str:
+    """The preset used when an upload names none: the one made for the base model's family."""
+    return "sdxl-dreambooth-lora" if base.family == "sdxl" else "sd15-lora"
+
+
+def check_train_config(
+    studio: Studio, config: Mapping[str, Any], *, base: str | None = None
+) -> tuple[ModelRecord, str]:
+    """Check training hyper-parameters (kohya names) and the base model now, not hours later in the worker.
+
+    Returns the base model and the preset to layer the config on.
+    """
+    from atelier.training.config import load_train_config
+
+    settings = dict(config)
+    base_name = settings.pop("base", None) or settings.pop("pretrained_model_name_or_path", None) or base
+    preset = settings.pop("preset", None)
+    for key in TRAIN_CONFIG_KEYS_OWNED_BY_STUDIO:
+        settings.pop(key, None)
+    if base_name is not None and not isinstance(base_name, str):
+        raise AtelierError("base must be the name of a registered checkpoint", field="base")
+    if base_name:
+        base_record = studio.registry.find_checkpoint(base_name, field="base")
+    else:
+        base_record = studio.registry.default_checkpoint(studio.settings.get("sd_model_checkpoint"))
+    if preset is not None and not isinstance(preset, str):
+        raise AtelierError("preset must be a preset name", field="preset")
+    preset = preset or training_preset(base_record)
+    load_train_config(settings, preset=preset)
+    return base_record, preset
+
+
+def submit_training(
+    studio: Studio,
+    training_data: str,
+    *,
+    config: Mapping[str, Any] | None = None,
+    config_key: str | None = None,
+    base: str | None = None,
+    preset: str | None = None,
+    priority: int = -1,
+    owner: str | None = None,
+    webhook_url: str | None = None,
+) -> Job:
+    """Queue a LoRA training job for a zip in the training-data bucket (checked first)."""
+    if not training_data.startswith("training-data/") or not training_data.lower().endswith(".zip"):
+        raise AtelierError("training_data must be a .zip in the training-data bucket", field="training_data")
+    if not studio.storage.exists(training_data):
+        raise AtelierError(f"{training_data} does not exist", field="training_data")
+    settings = dict(config or {})
+    if preset is not None:
+        settings.setdefault("preset", preset)
+    base_record, preset = check_train_config(studio, settings, base=base)
+    payload = {
+        "training_data": training_data,
+        "config": settings,
+        "config_key": config_key,
+        "base": base_record.name,
+        "preset": preset,
+        "output_name": settings.get("output_name") or PurePosixPath(training_data).name.removesuffix(".zip"),
+    }
+    return _submit(studio, "train", payload, uuid.uuid4().hex, priority, owner, webhook_url)

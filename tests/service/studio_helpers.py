@@ -1,0 +1,116 @@
+"""Helpers for the studio tests: fast settings, installing tiny models, in-process workers, waiting."""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from atelier.service.config import StudioConfig
+from atelier.service.modelfiles import folder_version, upload_folder
+from atelier.service.registry import ModelRecord, inspect_model
+from atelier.service.studio import Studio
+from atelier.service.worker import Worker
+
+# Short leases and polls so that crashes, cancels and watchers resolve within a second or two.
+FAST = {
+    "lease_seconds": 2.0,
+    "poll_seconds": 0.01,
+    "progress_seconds": 0.1,
+    "settle_seconds": 0.2,
+    "watch_seconds": 0.1,
+    "scale_down_after_seconds": 0.5,
+    "supervise_seconds": 0.1,
+    "webhook_backoff_seconds": 0.05,
+    "webhook_timeout_seconds": 2.0,
+}
+
+
+def fast_config(data_dir: Path, **overrides: Any) -> StudioConfig:
+    return StudioConfig.for_data_dir(data_dir, **{**FAST, **overrides})
+
+
+def install_checkpoint(studio: Studio, source: Path, name: str) -> ModelRecord:
+    """Put a diffusers model folder into the models bucket and register it, as the watcher would."""
+    key = f"models/{name}"
+    local = studio.storage.local_path(key)
+    if local is not None:
+        shutil.copytree(source, local)
+        objects = studio.storage.list(key)
+    else:
+        objects = upload_folder(studio.storage, source, key)
+    version = folder_version(objects)
+    studio.ledger.claim_object("models", key, version)
+    record = studio.registry.register(
+        name=name, storage_key=key, info=inspect_model(source), version=version, is_folder=True
+    )
+    studio.ledger.mark_done("models", key, version)
+    return record
+
+
+def make_lora(base_model: Path, destination: Path, *, seed: int = 0, rank: int = 4) -> Path:
+    """A random LoRA for a tiny SD 1.5 model, in diffusers' file layout, strong enough to change the picture."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig, get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    pipeline = StableDiffusionPipeline.from_pretrained(str(base_model))
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"]
+    )
+    pipeline.unet.add_adapter(config, adapter_name="test")
+    state = get_peft_model_state_dict(pipeline.unet, adapter_name="test")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    save_file({f"unet.{key}": (value * 4).contiguous() for key, value in state.items()}, destination)
+    return destination
+
+
+def new_worker(studio: Studio, **kwargs: Any) -> Worker:
+    return Worker(
+        config=studio.config,
+        store=studio.store,
+        storage=studio.storage,
+        registry=studio.registry,
+        ledger=studio.ledger,
+        settings=studio.settings,
+        **kwargs,
+    )
+
+
+@contextmanager
+def running_worker(studio: Studio, **kwargs: Any) -> Iterator[Worker]:
+    """A worker processing jobs in a background thread for the duration of the block."""
+    worker = new_worker(studio, **kwargs)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(timeout=60)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02) -> Any:
+    """Poll until ``condition()`` is truthy and return its value; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {condition}")
+        time.sleep(interval)
+
+
+def png_base64(image: Any) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
