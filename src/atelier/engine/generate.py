@@ -117,14 +117,13 @@ class Engine:
         progress = _Progress(
             on_step, should_cancel, total=self._steps_per_batch(request) * request.batch_count
         )
+        run = _Run(request, prompt, model, refiner, sampler, schedule_type, progress)
         result = GenerationResult()
         for batch_index in range(request.batch_count):
             seeds = [first_seed + batch_index * request.batch_size + i for i in range(request.batch_size)]
-            images = self._run_batch(request, prompt, model, refiner, sampler, schedule_type, seeds, progress)
+            images = self._run_batch(run, seeds)
             for image, seed in zip(images, seeds, strict=True):
-                params = self._infotext_params(
-                    request, prompt, model, refiner, sampler, schedule_type, seed, image
-                )
+                params = self._infotext_params(run, seed, image)
                 infotext = format_infotext(request.prompt, request.negative_prompt, params)
                 result.images.append(GeneratedImage(image=image, seed=seed, infotext=infotext, params=params))
         assert len(result.images) == total_images
@@ -132,17 +131,8 @@ class Engine:
 
     # -- one batch -------------------------------------------------------------------------------------------
 
-    def _run_batch(
-        self,
-        request: GenerationRequest,
-        prompt: _PromptTexts,
-        model: LoadedModel,
-        refiner: LoadedModel | None,
-        sampler: str,
-        schedule_type: str,
-        seeds: list[int],
-        progress: _Progress,
-    ) -> list[Image.Image]:
+    def _run_batch(self, run: _Run, seeds: list[int]) -> list[Image.Image]:
+        request, model = run.request, run.model
         family = "sdxl" if model.architecture in SDXL_ARCHITECTURES else "sd15"
         if model.architecture == "sdxl-refiner" and request.mode == "txt2img":
             raise AtelierError(
@@ -150,33 +140,18 @@ class Engine:
             )
         if model.architecture == "sd15-inpaint" and request.mode != "inpaint":
             # A 9-channel UNet needs mask inputs; A1111 feeds it an all-white mask for txt2img/img2img.
-            return self._run_inpaint(
-                request, model, refiner, sampler, schedule_type, seeds, progress, full_mask=True
-            )
+            return self._run_inpaint(run, seeds, full_mask=True)
         if request.mode == "inpaint":
-            return self._run_inpaint(request, prompt, model, refiner, sampler, schedule_type, seeds, progress)
+            return self._run_inpaint(run, seeds)
         pipeline = model.variant(_PIPELINES[(family, request.mode)])
         kwargs: dict[str, Any] = {"width": request.width, "height": request.height}
         if request.mode == "img2img":
             init = request.init_image.convert("RGB").resize((request.width, request.height), Image.LANCZOS)
             kwargs = {"image": init, "strength": request.denoising_strength}
-        return self._call(
-            pipeline, request, prompt, model, refiner, sampler, schedule_type, seeds, progress, kwargs
-        )
+        return self._call(pipeline, run, seeds, kwargs)
 
-    def _run_inpaint(
-        self,
-        request: GenerationRequest,
-        prompt: _PromptTexts,
-        model: LoadedModel,
-        refiner: LoadedModel | None,
-        sampler: str,
-        schedule_type: str,
-        seeds: list[int],
-        progress: _Progress,
-        *,
-        full_mask: bool = False,
-    ) -> list[Image.Image]:
+    def _run_inpaint(self, run: _Run, seeds: list[int], *, full_mask: bool = False) -> list[Image.Image]:
+        request, model = run.request, run.model
         family = "sdxl" if model.architecture in SDXL_ARCHITECTURES else "sd15"
         pipeline = model.variant(_PIPELINES[(family, "inpaint")])
         if full_mask:
@@ -189,9 +164,7 @@ class Engine:
             mask = Image.new("L", size, 255)
             strength = request.denoising_strength if request.init_image is not None else 1.0
             kwargs = {"image": original, "mask_image": mask, "strength": strength, **_size(request)}
-            return self._call(
-                pipeline, request, prompt, model, refiner, sampler, schedule_type, seeds, progress, kwargs
-            )
+            return self._call(pipeline, run, seeds, kwargs)
 
         original = request.init_image.convert("RGB")
         mask = masks.prepare_mask(request.mask, original.size, request.mask_blur, invert=request.mask_invert)
@@ -214,9 +187,7 @@ class Engine:
         }
         if request.inpainting_fill in ("latent noise", "latent nothing"):
             kwargs.update(self._latent_fill_inputs(pipeline, work_image, work_mask, request, seeds))
-        generated = self._call(
-            pipeline, request, prompt, model, refiner, sampler, schedule_type, seeds, progress, kwargs
-        )
+        generated = self._call(pipeline, run, seeds, kwargs)
         results = []
         for image in generated:
             if region is not None:
@@ -271,20 +242,10 @@ class Engine:
 
     # -- the pipeline call -------------------------------------------------------------------------------------
 
-    def _call(
-        self,
-        pipeline: Any,
-        request: GenerationRequest,
-        prompt: _PromptTexts,
-        model: LoadedModel,
-        refiner: LoadedModel | None,
-        sampler: str,
-        schedule_type: str,
-        seeds: list[int],
-        progress: _Progress,
-        kwargs: dict[str, Any],
-    ) -> list[Image.Image]:
-        pipeline.scheduler = make_scheduler(sampler, model.scheduler_config, schedule_type)
+    def _call(self, pipeline: Any, run: _Run, seeds: list[int], kwargs: dict[str, Any]) -> list[Image.Image]:
+        request, prompt, refiner, progress = run.request, run.prompt, run.refiner, run.progress
+        sampler, schedule_type = run.sampler, run.schedule_type
+        pipeline.scheduler = make_scheduler(sampler, run.model.scheduler_config, schedule_type)
         steps = self._steps_per_batch(request)
         conditioning = self._encode(pipeline, prompt.positive, prompt.negative, request, steps)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
@@ -357,18 +318,10 @@ class Engine:
             return request.steps
         return max(1, int(request.steps * request.denoising_strength))
 
-    def _infotext_params(
-        self,
-        request: GenerationRequest,
-        prompt: _PromptTexts,
-        model: LoadedModel,
-        refiner: LoadedModel | None,
-        sampler: str,
-        schedule_type: str,
-        seed: int,
-        image: Image.Image,
-    ) -> dict[str, Any]:
+    def _infotext_params(self, run: _Run, seed: int, image: Image.Image) -> dict[str, Any]:
         """Parameters in A1111's infotext order (``processing.create_infotext``)."""
+        request, prompt, model, refiner = run.request, run.prompt, run.model, run.refiner
+        sampler, schedule_type = run.sampler, run.schedule_type
         params: dict[str, Any] = {
             "Steps": request.steps,
             "Sampler": sampler,
@@ -402,6 +355,19 @@ class Engine:
                 params["Refiner negative prompt"] = request.refiner_negative_prompt
         params["Version"] = f"atelier {__version__}"
         return params
+
+
+@dataclass
+class _Run:
+    """Everything one ``generate`` call resolved once and every batch uses."""
+
+    request: GenerationRequest
+    prompt: _PromptTexts
+    model: LoadedModel
+    refiner: LoadedModel | None
+    sampler: str
+    schedule_type: str
+    progress: _Progress
 
 
 @dataclass

@@ -451,17 +451,22 @@ class LoraRecipe:
         if not (config.trains_unet or config.trains_text_encoder):
             raise AtelierError("nothing to train: both unet_lr and text_encoder_lr are 0", field="unet_lr")
         self.trained: dict[str, Any] = {}
-        if config.trains_unet:
-            network.add_lora(
-                pipeline.unet, config.network_dim, config.network_alpha, network.UNET_TARGET_MODULES
-            )
-            self.trained["unet"] = pipeline.unet
-        if config.trains_text_encoder:
-            for name, encoder in zip(("text_encoder", "text_encoder_2"), self.text_encoders, strict=False):
+        # LoRA's random initial weights come from the run's seed, without touching the caller's global RNG.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            if config.trains_unet:
                 network.add_lora(
-                    encoder, config.network_dim, config.network_alpha, network.TEXT_ENCODER_TARGET_MODULES
+                    pipeline.unet, config.network_dim, config.network_alpha, network.UNET_TARGET_MODULES
                 )
-                self.trained[name] = encoder
+                self.trained["unet"] = pipeline.unet
+            if config.trains_text_encoder:
+                for name, encoder in zip(
+                    ("text_encoder", "text_encoder_2"), self.text_encoders, strict=False
+                ):
+                    network.add_lora(
+                        encoder, config.network_dim, config.network_alpha, network.TEXT_ENCODER_TARGET_MODULES
+                    )
+                    self.trained[name] = encoder
         # The frozen weights stay in the training precision; the LoRA weights are updated in fp32.
         cast_training_params(list(self.trained.values()), dtype=torch.float32)
         if config.gradient_checkpointing:

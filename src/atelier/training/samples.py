@@ -70,7 +70,8 @@ def _number(option: str, value: str, kind: type, line: str) -> Any:
 
 def parse_sample_prompt(line: str, *, warn: Callable[[str], None] | None = None) -> SamplePrompt:
     """Parse one kohya sample prompt line; unknown options are reported through ``warn`` and skipped."""
-    prompt, *options = line.strip().split(" --")
+    # The leading space makes a line that starts with an option have an empty prompt rather than "--w 512".
+    prompt, *options = (" " + line.strip()).split(" --")
     values: dict[str, Any] = {"prompt": prompt.strip()}
     for option_text in options:
         option, _, value = option_text.strip().partition(" ")

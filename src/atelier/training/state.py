@@ -126,6 +126,7 @@ def load_training_state(path: str | os.PathLike[str]) -> SavedState:
             metadata = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open has no __iter__)
         info = json.loads(metadata[_INFO_KEY])
+        noise_generator = tensors["rng.noise"]
     except (SafetensorError, OSError, KeyError, ValueError) as exc:
         raise AtelierError(
             f"training state {source} is damaged ({exc}); start a new run", field="resume"
@@ -139,6 +140,6 @@ def load_training_state(path: str | os.PathLike[str]) -> SavedState:
         lora=lora,
         optimizer=_join_optimizer(optimizer_tensors, info["optimizer"]),
         lr_scheduler=info["lr_scheduler"],
-        noise_generator=tensors["rng.noise"],
+        noise_generator=noise_generator,
         grad_scaler=info["grad_scaler"],
     )

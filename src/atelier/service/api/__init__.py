@@ -54,7 +54,6 @@ def create_app(
         title="Atelier",
         version=__version__,
         description=DESCRIPTION,
-        max_body_size=studio.config.max_request_bytes,
     )
     app.state.studio = studio
     app.state.waiter = JobWaiter(studio.store, poll_seconds=wait_poll_seconds)
@@ -63,8 +62,9 @@ def create_app(
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(AuthMiddleware, policy=AccessPolicy(studio.keys, always_required=always_require_keys))
-    app.include_router(build_native_router(studio.config))
-    app.include_router(build_a1111_router())
+    # Body limits per router (uploads raise theirs per route): inside the middleware that words errors.
+    app.include_router(build_native_router(studio.config), max_body_size=studio.config.max_request_bytes)
+    app.include_router(build_a1111_router(), max_body_size=studio.config.max_request_bytes)
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (queue depth, job latency)")
     async def prometheus_metrics() -> Response:

@@ -118,7 +118,7 @@ class AuthMiddleware:
             key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope.get("headers", [])
         }
         if await run_in_threadpool(self.policy.allows, key_from_headers(headers)):
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, _with_json_413(send))
             return
         body = error_body(
             "an API key is required: send 'Authorization: Bearer <key>' (create one with 'atelier keys create NAME')",
@@ -127,6 +127,30 @@ class AuthMiddleware:
         )
         response = JSONResponse(body, status_code=401, headers={"WWW-Authenticate": 'Basic realm="atelier"'})
         await response(scope, receive, send)
+
+
+def _with_json_413(send: Any) -> Any:
+    """Wrap ``send`` so the plain-text 413 of Starlette's body limit becomes the API's JSON error."""
+    replacing = False
+
+    async def wrapped(message: Message) -> None:
+        nonlocal replacing
+        if message["type"] == "http.response.start" and message["status"] == 413:
+            content_type = dict(message.get("headers", [])).get(b"content-type", b"")
+            if content_type.startswith(b"text/plain"):
+                replacing = True
+                response = JSONResponse(
+                    error_body("the request body is larger than this server accepts", "body", "HTTPError"),
+                    status_code=413,
+                )
+                await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
+                await send({"type": "http.response.body", "body": response.body})
+                return
+        if replacing:
+            return
+        await send(message)
+
+    return wrapped
 
 
 class JobWaiter:

@@ -1,0 +1,272 @@
+"""The native HTTP API on a real server (uvicorn on a loopback port) with a worker behind it."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import httpx
+import pytest
+from PIL import Image
+from studio_helpers import fast_config, install_checkpoint, make_lora, png_base64, running_worker, wait_for
+
+from atelier.errors import AtelierError
+from atelier.service.server import StudioServer
+from atelier.service.studio import Studio
+
+SMALL = {"prompt": "a red bottle", "steps": 2, "width": 64, "height": 64, "seed": 7}
+
+
+def start_server(data_dir, tiny_models, **overrides):
+    config = fast_config(data_dir, max_workers=0, port=0, **overrides)
+    setup = Studio.open(config)
+    install_checkpoint(setup, tiny_models("sd15"), "tiny-sd15")
+    setup.close()
+    server = StudioServer(config, log_level="warning")
+    return server, server.start()
+
+
+@pytest.fixture(scope="module")
+def served(tiny_models, tmp_path_factory):
+    import torch
+
+    torch.set_num_threads(1)
+    server, url = start_server(tmp_path_factory.mktemp("api") / "data", tiny_models, max_request_bytes=300_000)
+    with running_worker(server.studio), httpx.Client(base_url=url, timeout=60) as client:
+        yield server, client
+    server.stop()
+
+
+@pytest.fixture
+def client(served):
+    return served[1]
+
+
+def finished(client, job_id):
+    return wait_for(lambda: (job := client.get(f"/api/jobs/{job_id}").json())["finished_at"] and job)
+
+
+def test_generate_returns_202_and_the_job_can_be_followed_to_its_images(client):
+    response = client.post("/api/generate", json=SMALL)
+    assert response.status_code == 202
+    accepted = response.json()
+    assert accepted["state"] == "queued"
+    assert accepted["links"]["events"] == f"/api/jobs/{accepted['id']}/events"
+    job = finished(client, accepted["id"])
+    assert job["state"] == "succeeded"
+    assert job["progress"] == 1.0
+    results = client.get(f"/api/jobs/{job['id']}/results").json()
+    assert [image["seed"] for image in results["images"]] == [7]
+    png = client.get(results["images"][0]["url"])
+    assert png.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(png.content))
+    assert "Seed: 7" in image.info["parameters"]
+    sidecar = client.get(results["images"][0]["sidecar_url"]).json()
+    assert sidecar["job_id"] == job["id"]
+
+
+def test_progress_streams_as_server_sent_events(client):
+    job_id = client.post("/api/generate", json={**SMALL, "steps": 30}).json()["id"]
+    events = []
+    with client.stream("GET", f"/api/jobs/{job_id}/events") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        event = None
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                event = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((event, json.loads(line.removeprefix("data: "))))
+    kinds = [kind for kind, _ in events]
+    assert kinds[-1] == "done" and kinds.count("done") == 1
+    assert events[-1][1]["state"] == "succeeded"
+    steps = [data["step"] for kind, data in events if kind == "progress" and data["state"] == "running"]
+    assert steps == sorted(steps)
+
+
+def test_jobs_can_be_listed_and_canceled(client):
+    job_id = client.post("/api/generate", json={**SMALL, "steps": 400}).json()["id"]
+    wait_for(lambda: (client.get(f"/api/jobs/{job_id}").json()["step"] or 0) >= 1)
+    assert client.post(f"/api/jobs/{job_id}/cancel").status_code == 200
+    assert finished(client, job_id)["state"] == "canceled"
+    listed = client.get("/api/jobs", params={"state": "canceled"}).json()["jobs"]
+    assert job_id in [job["id"] for job in listed]
+
+
+def _image(color: str, size: tuple[int, int] = (64, 64)) -> str:
+    return png_base64(Image.new("RGB", size, color))
+
+
+BAD_REQUESTS = [
+    ("malformed JSON", b'{"prompt": "a red bottle", "steps": ', "body", 422),
+    ("not an object", [1, 2, 3], "body", 422),
+    ("missing prompt", {"steps": 2}, "prompt", 422),
+    ("wrong type", {**SMALL, "steps": "many"}, "steps", 422),
+    ("zero steps", {**SMALL, "steps": 0}, "steps", 422),
+    ("negative steps", {**SMALL, "steps": -3}, "steps", 422),
+    ("width not a multiple of 8", {**SMALL, "width": 65}, "width", 422),
+    ("huge size", {**SMALL, "width": 100_000}, "width", 422),
+    ("huge batch", {**SMALL, "width": 4096, "height": 4096, "batch_size": 64}, "batch_size", 422),
+    ("unknown field", {**SMALL, "stepz": 3}, "stepz", 422),
+    ("unknown model", {**SMALL, "model": "nope"}, "model", 404),
+    ("model escaping the folder", {**SMALL, "model": "../../etc/passwd"}, "model", 404),
+    ("unknown sampler", {**SMALL, "sampler": "Nope 3000"}, "sampler", 422),
+    ("unknown LoRA", {**SMALL, "prompt": "shoes <lora:missing:1>"}, "lora", 404),
+    ("non-image base64", {**SMALL, "init_image": base64.b64encode(b"hello").decode()}, "init_image", 422),
+    ("not base64", {**SMALL, "init_image": "%%%"}, "init_image", 422),
+    ("mask size mismatch", {**SMALL, "init_image": _image("red"), "mask": _image("white", (32, 32))}, "mask", 422),
+    ("bad inpainting fill", {**SMALL, "init_image": _image("red"), "inpainting_fill": 9}, "inpainting_fill", 422),
+    ("bad webhook", {**SMALL, "webhook_url": "ftp://example.com"}, "webhook_url", 422),
+    ("body over the limit", {**SMALL, "negative_prompt": "x" * 400_000}, "body", 413),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "field", "status"), BAD_REQUESTS, ids=[case[0] for case in BAD_REQUESTS])
+def test_bad_input_gets_a_4xx_naming_the_field(client, case, body, field, status):
+    before = client.get("/api/jobs", params={"limit": 1000}).json()["jobs"]
+    if isinstance(body, bytes):
+        response = client.post("/api/generate", content=body, headers={"content-type": "application/json"})
+    else:
+        response = client.post("/api/generate", json=body)
+    assert response.status_code == status, response.text
+    error = response.json()
+    assert error["field"] == field
+    assert error["detail"]
+    assert len(client.get("/api/jobs", params={"limit": 1000}).json()["jobs"]) == len(before)
+
+
+def test_unknown_job_ids_are_404(client):
+    for path in ("/api/jobs/nope", "/api/jobs/nope/results", "/api/jobs/nope/events"):
+        response = client.get(path)
+        assert response.status_code == 404
+        assert response.json()["field"] == "job_id"
+    assert client.post("/api/jobs/nope/cancel").status_code == 404
+
+
+def test_the_service_keeps_working_after_bad_input(client):
+    client.post("/api/generate", content=b"{{{", headers={"content-type": "application/json"})
+    client.post("/api/generate", json={**SMALL, "steps": 0})
+    job_id = client.post("/api/generate", json=SMALL).json()["id"]
+    assert finished(client, job_id)["state"] == "succeeded"
+
+
+def test_models_can_be_uploaded_listed_and_used_by_name(client, tiny_models, tmp_path):
+    import torch
+
+    torch.set_num_threads(1)
+    lora = make_lora(tiny_models("sd15"), tmp_path / "upload.safetensors", seed=3)
+    response = client.put("/api/models/boots.safetensors", content=lora.read_bytes())
+    assert response.status_code == 201, response.text
+    assert (response.json()["kind"], response.json()["name"]) == ("lora", "boots")
+    names = {(model["kind"], model["name"]) for model in client.get("/api/models").json()["models"]}
+    assert ("lora", "boots") in names and ("checkpoint", "tiny-sd15") in names
+    job_id = client.post("/api/generate", json={**SMALL, "prompt": "boots <lora:boots:0.8>"}).json()["id"]
+    assert finished(client, job_id)["state"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("filename", "content", "status", "field"),
+    [
+        ("evil.ckpt", b"\x80\x04K\x01.", 400, "file"),
+        ("junk.safetensors", b"\x00" * 100, 422, "file"),
+        ("notes.txt", b"hello", 422, "file"),
+        (".hidden.safetensors", b"\x00", 400, "file"),
+    ],
+)
+def test_bad_model_uploads_are_refused(client, filename, content, status, field):
+    response = client.put(f"/api/models/{filename}", content=content)
+    assert response.status_code == status, response.text
+    assert response.json()["field"] == field
+    assert filename.split(".")[0] not in {model["name"] for model in client.get("/api/models").json()["models"]}
+
+
+def test_training_configs_are_checked_on_upload(client):
+    response = client.put("/api/training-data/shoes.toml", content=b"netwrok_dim = 8\n")
+    assert response.status_code == 422
+    assert response.json()["field"] == "netwrok_dim"
+    assert "network_dim" in response.json()["detail"]
+    assert client.put("/api/training-data/shoes.toml", content=b"network_dim = 8\n").status_code == 201
+    assert client.put("/api/training-data/shoes.zip", content=b"not a zip").json()["field"] == "file"
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: list = []
+    failures_left = 0
+
+    def do_POST(self):  # noqa: N802 - the http.server API
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        cls = type(self)
+        if cls.failures_left > 0:
+            cls.failures_left -= 1
+            self.send_response(503)
+        else:
+            cls.received.append((dict(self.headers), body))
+            self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_webhooks_are_called_once_with_retries(client):
+    _Receiver.received, _Receiver.failures_left = [], 2
+    receiver = HTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{receiver.server_port}/hook"
+        job_id = client.post("/api/generate", json={**SMALL, "webhook_url": url}).json()["id"]
+        wait_for(lambda: _Receiver.received, timeout=30)
+        headers, body = _Receiver.received[0]
+        assert body["event"] == "job.finished"
+        assert body["job"]["id"] == job_id
+        assert body["job"]["state"] == "succeeded"
+        assert body["job"]["result"]["seeds"] == [7]
+        assert headers["X-Atelier-Job"] == job_id
+        assert _Receiver.failures_left == 0
+    finally:
+        receiver.shutdown()
+    assert len(_Receiver.received) == 1
+
+
+def test_metrics_show_queue_depth_and_latency(client):
+    job_id = client.post("/api/generate", json=SMALL).json()["id"]
+    finished(client, job_id)
+    text = client.get("/metrics").text
+    assert 'atelier_queue_depth{kind="generate"}' in text
+    assert 'atelier_jobs{kind="generate",state="succeeded"}' in text
+    assert 'atelier_job_latency_seconds_count{kind="generate",state="succeeded"}' in text
+
+
+def test_openapi_docs_are_served(client):
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "/api/generate" in paths and "/sdapi/v1/txt2img" in paths
+
+
+def test_api_keys_are_required_once_one_exists(tiny_models, tmp_path):
+    server, url = start_server(tmp_path / "data", tiny_models)
+    try:
+        with httpx.Client(base_url=url) as anonymous:
+            assert anonymous.get("/api/models").status_code == 200
+            _key, secret = server.studio.keys.create("marketing")
+            stored = server.studio.keys.list()[0]
+            assert secret not in json.dumps(stored.to_dict()) and stored.key_hash != secret
+            refused = wait_for(lambda: (r := anonymous.get("/api/models")).status_code == 401 and r, timeout=5)
+            assert refused.json()["field"] == "authorization"
+            assert anonymous.get("/api/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+            assert anonymous.get("/api/models", headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+            assert anonymous.get("/api/models", headers={"X-API-Key": secret}).status_code == 200
+            assert anonymous.get("/sdapi/v1/sd-models", auth=("anyone", secret)).status_code == 200
+            assert anonymous.get("/api/health").status_code == 200
+            server.studio.keys.revoke("marketing")
+            wait_for(lambda: anonymous.get("/api/models").status_code == 200, timeout=5)
+    finally:
+        server.stop()
+
+
+def test_a_non_loopback_bind_needs_a_key_first(tiny_models, tmp_path):
+    with pytest.raises(AtelierError) as refused:
+        start_server(tmp_path / "data", tiny_models, host="0.0.0.0")
+    assert refused.value.field == "host"
