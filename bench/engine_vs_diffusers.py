@@ -47,7 +47,13 @@ def compare(model_path: Path, *, device: str, dtype: torch.dtype, size: int, ste
     reference.scheduler = make_scheduler("Euler a", dict(reference.scheduler.config))
     assert isinstance(reference, diffusers.DiffusionPipeline)
     request = GenerationRequest(
-        prompt=PROMPT, negative_prompt=NEGATIVE, model=str(model_path), steps=steps, width=size, height=size, seed=7
+        prompt=PROMPT,
+        negative_prompt=NEGATIVE,
+        model=str(model_path),
+        steps=steps,
+        width=size,
+        height=size,
+        seed=7,
     )
 
     def run_atelier():
@@ -57,8 +63,9 @@ def compare(model_path: Path, *, device: str, dtype: torch.dtype, size: int, ste
         generator = torch.Generator("cpu").manual_seed(7)
         return reference(
             PROMPT,
-            negative_prompt=NEGATIVE if model.architecture != "sdxl" else NEGATIVE,
+            negative_prompt=NEGATIVE,
             num_inference_steps=steps,
+            guidance_scale=request.cfg_scale,
             width=size,
             height=size,
             generator=generator,
@@ -75,8 +82,14 @@ def compare(model_path: Path, *, device: str, dtype: torch.dtype, size: int, ste
             times.append(time.perf_counter() - start)
     diff = np.abs(np.asarray(ours, dtype=np.int16) - np.asarray(theirs, dtype=np.int16)).max()
     a, d = statistics.median(atelier_times), statistics.median(diffusers_times)
-    return {"atelier_s": a, "diffusers_s": d, "ratio": a / d, "max_pixel_diff": int(diff), "it_s": steps / a,
-            "diffusers_it_s": steps / d}
+    return {
+        "atelier_s": a,
+        "diffusers_s": d,
+        "ratio": a / d,
+        "max_pixel_diff": int(diff),
+        "it_s": steps / a,
+        "diffusers_it_s": steps / d,
+    }
 
 
 def _extra(arch: str) -> dict:
@@ -95,21 +108,35 @@ def _full_size_model(arch: str, root: Path) -> Path:
     tokenizer_dir = root / "tok"
     build_demo_tokenizer(tokenizer_dir)
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
-    unet = diffusers.UNet2DConditionModel.from_config(diffusers.UNet2DConditionModel.load_config(folder / "unet"))
+    unet = diffusers.UNet2DConditionModel.from_config(
+        diffusers.UNet2DConditionModel.load_config(folder / "unet")
+    )
     vae = diffusers.AutoencoderKL.from_config(diffusers.AutoencoderKL.load_config(folder / "vae"))
     scheduler = diffusers.EulerDiscreteScheduler.from_pretrained(folder / "scheduler")
     text_config = CLIPTextConfig.from_pretrained(folder / "text_encoder")
     text_encoder = CLIPTextModel(text_config)
     if arch == "sd15":
         pipe = diffusers.StableDiffusionPipeline(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
         )
     else:
-        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(folder / "text_encoder_2"))
+        text_encoder_2 = CLIPTextModelWithProjection(
+            CLIPTextConfig.from_pretrained(folder / "text_encoder_2")
+        )
         pipe = diffusers.StableDiffusionXLPipeline(
-            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-            tokenizer_2=CLIPTokenizer.from_pretrained(str(tokenizer_dir), pad_token="!"), unet=unet,
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=CLIPTokenizer.from_pretrained(str(tokenizer_dir), pad_token="!"),
+            unet=unet,
             scheduler=scheduler,
         )
     out = root / arch
@@ -118,7 +145,9 @@ def _full_size_model(arch: str, root: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20)
@@ -129,7 +158,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         tiny = create_tiny_model("sd15", root / "tiny-sd15")
-        row = compare(tiny, device="cpu", dtype=torch.float32, size=args.size, steps=args.steps, runs=args.runs)
+        row = compare(
+            tiny, device="cpu", dtype=torch.float32, size=args.size, steps=args.steps, runs=args.runs
+        )
         print(
             f"tiny sd15 cpu {args.size}x{args.size} {args.steps} steps: atelier {row['atelier_s']:.3f}s "
             f"diffusers {row['diffusers_s']:.3f}s ratio {row['ratio']:.3f} max pixel diff {row['max_pixel_diff']}"

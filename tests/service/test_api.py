@@ -34,7 +34,9 @@ def served(tiny_models, tmp_path_factory):
     import torch
 
     torch.set_num_threads(1)
-    server, url = start_server(tmp_path_factory.mktemp("api") / "data", tiny_models, max_request_bytes=300_000)
+    server, url = start_server(
+        tmp_path_factory.mktemp("api") / "data", tiny_models, max_request_bytes=300_000
+    )
     with running_worker(server.studio), httpx.Client(base_url=url, timeout=60) as client:
         yield server, client
     server.stop()
@@ -116,14 +118,26 @@ BAD_REQUESTS = [
     ("unknown LoRA", {**SMALL, "prompt": "shoes <lora:missing:1>"}, "lora", 404),
     ("non-image base64", {**SMALL, "init_image": base64.b64encode(b"hello").decode()}, "init_image", 422),
     ("not base64", {**SMALL, "init_image": "%%%"}, "init_image", 422),
-    ("mask size mismatch", {**SMALL, "init_image": _image("red"), "mask": _image("white", (32, 32))}, "mask", 422),
-    ("bad inpainting fill", {**SMALL, "init_image": _image("red"), "inpainting_fill": 9}, "inpainting_fill", 422),
+    (
+        "mask size mismatch",
+        {**SMALL, "init_image": _image("red"), "mask": _image("white", (32, 32))},
+        "mask",
+        422,
+    ),
+    (
+        "bad inpainting fill",
+        {**SMALL, "init_image": _image("red"), "inpainting_fill": 9},
+        "inpainting_fill",
+        422,
+    ),
     ("bad webhook", {**SMALL, "webhook_url": "ftp://example.com"}, "webhook_url", 422),
     ("body over the limit", {**SMALL, "negative_prompt": "x" * 400_000}, "body", 413),
 ]
 
 
-@pytest.mark.parametrize(("case", "body", "field", "status"), BAD_REQUESTS, ids=[case[0] for case in BAD_REQUESTS])
+@pytest.mark.parametrize(
+    ("case", "body", "field", "status"), BAD_REQUESTS, ids=[case[0] for case in BAD_REQUESTS]
+)
 def test_bad_input_gets_a_4xx_naming_the_field(client, case, body, field, status):
     before = client.get("/api/jobs", params={"limit": 1000}).json()["jobs"]
     if isinstance(body, bytes):
@@ -179,7 +193,9 @@ def test_bad_model_uploads_are_refused(client, filename, content, status, field)
     response = client.put(f"/api/models/{filename}", content=content)
     assert response.status_code == status, response.text
     assert response.json()["field"] == field
-    assert filename.split(".")[0] not in {model["name"] for model in client.get("/api/models").json()["models"]}
+    assert filename.split(".")[0] not in {
+        model["name"] for model in client.get("/api/models").json()["models"]
+    }
 
 
 def test_training_configs_are_checked_on_upload(client):
@@ -253,10 +269,14 @@ def test_api_keys_are_required_once_one_exists(tiny_models, tmp_path):
             _key, secret = server.studio.keys.create("marketing")
             stored = server.studio.keys.list()[0]
             assert secret not in json.dumps(stored.to_dict()) and stored.key_hash != secret
-            refused = wait_for(lambda: (r := anonymous.get("/api/models")).status_code == 401 and r, timeout=5)
+            refused = wait_for(
+                lambda: (r := anonymous.get("/api/models")).status_code == 401 and r, timeout=5
+            )
             assert refused.json()["field"] == "authorization"
             assert anonymous.get("/api/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
-            assert anonymous.get("/api/models", headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+            assert (
+                anonymous.get("/api/models", headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+            )
             assert anonymous.get("/api/models", headers={"X-API-Key": secret}).status_code == 200
             assert anonymous.get("/sdapi/v1/sd-models", auth=("anyone", secret)).status_code == 200
             assert anonymous.get("/api/health").status_code == 200

@@ -60,7 +60,9 @@ def test_a_lora_dropped_into_models_is_registered_and_usable_by_name(studio, lor
     assert report.registered == ["shoes"]
     record = studio.registry.get("shoes", "lora")
     assert (record.kind, record.family, record.source) == ("lora", "sd15", "upload")
-    prepared = prepare_generation(studio, {"prompt": "a shoe <lora:shoes:0.7>", "steps": 2, "width": 64, "height": 64})
+    prepared = prepare_generation(
+        studio, {"prompt": "a shoe <lora:shoes:0.7>", "steps": 2, "width": 64, "height": 64}
+    )
     assert [lora.name for lora in prepared.loras] == ["shoes"]
 
 
@@ -148,7 +150,9 @@ def _training_zip() -> bytes:
 
 
 def test_a_training_zip_starts_a_job_with_its_toml(studio):
-    studio.storage.put_bytes("training-data/shoes.toml", b'base = "tiny-sd15"\nnetwork_dim = 2\nmax_train_steps = 2\n')
+    studio.storage.put_bytes(
+        "training-data/shoes.toml", b'base = "tiny-sd15"\nnetwork_dim = 2\nmax_train_steps = 2\n'
+    )
     studio.storage.put_bytes("training-data/shoes.zip", _training_zip())
     studio.storage.put_bytes("training-data/bags.zip", _training_zip())
     clock = FakeTime()
@@ -175,7 +179,9 @@ def test_a_bad_toml_is_reported_and_starts_nothing(studio):
 
 def test_watching_an_s3_bucket(tmp_path, s3_endpoint, s3_client, tiny_models, lora_file):
     s3_client.create_bucket(Bucket="studio-watch")
-    config = fast_config(tmp_path / "data", storage_url="s3://studio-watch/atelier", storage_endpoint_url=s3_endpoint)
+    config = fast_config(
+        tmp_path / "data", storage_url="s3://studio-watch/atelier", storage_endpoint_url=s3_endpoint
+    )
     studio = Studio.open(config)
     try:
         install_checkpoint(studio, tiny_models("sd15"), "tiny-sd15")

@@ -141,7 +141,10 @@ def test_loras_are_used_by_name_and_switched_on_the_warm_model(studio, tiny_mode
     studio.storage.put_file("models/loras/shoes.safetensors", lora_file)
     version = studio.storage.list("models/loras")[0].version
     studio.registry.register(
-        name="shoes", storage_key="models/loras/shoes.safetensors", info=inspect_model(lora_file), version=version
+        name="shoes",
+        storage_key="models/loras/shoes.safetensors",
+        info=inspect_model(lora_file),
+        version=version,
     )
     plain = submit(studio)
     with_lora = submit(studio, prompt=SMALL["prompt"] + " <lora:shoes:1>")
@@ -184,7 +187,9 @@ def test_output_names_use_the_job_creation_time(studio):
     assert output_key(job, 7) == f"outputs/{job.id}/7_{stamp}.png"
 
 
-def test_worker_with_s3_storage_downloads_models_and_stores_outputs(tmp_path, s3_endpoint, s3_client, tiny_models):
+def test_worker_with_s3_storage_downloads_models_and_stores_outputs(
+    tmp_path, s3_endpoint, s3_client, tiny_models
+):
     s3_client.create_bucket(Bucket="studio-worker")
     config = fast_config(
         tmp_path / "data", storage_url="s3://studio-worker/atelier", storage_endpoint_url=s3_endpoint

@@ -122,7 +122,9 @@ def _run_info() -> RunInfo:
 
 
 def test_saved_file_has_ss_metadata_and_a1111s_hash(tmp_path: Path) -> None:
-    config = TrainConfig(network_dim=64, network_alpha=32.0, output_name="lora_wta", noise_offset=0.1, clip_skip=2)
+    config = TrainConfig(
+        network_dim=64, network_alpha=32.0, output_name="lora_wta", noise_offset=0.1, clip_skip=2
+    )
     tensors = to_kohya_state_dict(
         family="sd15",
         unet=_peft("down_blocks.0.attentions.0.proj_in"),
@@ -136,7 +138,9 @@ def test_saved_file_has_ss_metadata_and_a1111s_hash(tmp_path: Path) -> None:
     with safe_open(str(path), framework="pt") as handle:
         stored = handle.metadata()
     assert stored["ss_network_dim"] == "64" and stored["ss_network_alpha"] == "32.0"
-    assert stored["ss_base_model_version"] == "sd_v1" and stored["ss_sd_model_name"] == "v1-5-pruned.safetensors"
+    assert (
+        stored["ss_base_model_version"] == "sd_v1" and stored["ss_sd_model_name"] == "v1-5-pruned.safetensors"
+    )
     assert stored["ss_resolution"] == "(512, 512)" and stored["ss_num_train_images"] == "60"
     assert stored["ss_num_epochs"] == "10" and stored["ss_max_train_steps"] == "300"
     assert json.loads(stored["ss_tag_frequency"]) == {"10_wta woman": {"wta woman": 6, "smiling": 6}}

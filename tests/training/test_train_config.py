@@ -17,7 +17,7 @@ SEED_COMMAND_LINE = [
     "--dataset_config=./dataset.toml",
     "--output_dir=./output",
     "--logging_dir=./logs",
-    '--network_module=networks.lora',
+    "--network_module=networks.lora",
     "--max_train_epochs=10",
     "--learning_rate=1e-4",
     "--unet_lr=1e-4",
@@ -71,7 +71,14 @@ def test_the_sd15_preset_holds_the_seed_values() -> None:
     config = load_train_config(preset="sd15-lora")
     args = _parse(*SEED_COMMAND_LINE)
     from_seed = load_train_config(overrides=_overrides(args))
-    for key in ("max_train_epochs", "unet_lr", "text_encoder_lr", "lr_scheduler", "network_dim", "network_alpha"):
+    for key in (
+        "max_train_epochs",
+        "unet_lr",
+        "text_encoder_lr",
+        "lr_scheduler",
+        "network_dim",
+        "network_alpha",
+    ):
         assert getattr(config, key) == getattr(from_seed, key), key
     for key in ("save_every_n_epochs", "mixed_precision", "clip_skip", "max_token_length", "noise_offset"):
         assert getattr(config, key) == getattr(from_seed, key), key
@@ -110,7 +117,9 @@ def test_kohya_config_sections_are_flattened(tmp_path: Path) -> None:
 def test_unknown_key_is_named_with_a_suggestion(tmp_path: Path) -> None:
     toml = tmp_path / "train.toml"
     toml.write_text("netwrok_dim = 64\n", encoding="utf-8")
-    with pytest.raises(AtelierError, match=r"unknown key `netwrok_dim` in train.toml \(did you mean `network_dim`\?\)"):
+    with pytest.raises(
+        AtelierError, match=r"unknown key `netwrok_dim` in train.toml \(did you mean `network_dim`\?\)"
+    ):
         load_train_config(toml)
 
 

@@ -24,8 +24,15 @@ def data(tmp_path: Path) -> TrainingData:
     for index, size in enumerate([(64, 64), (64, 64), (128, 64), (64, 128), (128, 64)]):
         _image(tmp_path / "3_oue car" / f"{index}.png", size, f"oue car, tag{index}, red, studio")
     [dataset] = from_folder(
-        tmp_path, 64, 2, min_bucket_reso=32, max_bucket_reso=128, bucket_reso_steps=32, shuffle_caption=True,
-        keep_tokens=1, flip_aug=True,
+        tmp_path,
+        64,
+        2,
+        min_bucket_reso=32,
+        max_bucket_reso=128,
+        bucket_reso_steps=32,
+        shuffle_caption=True,
+        keep_tokens=1,
+        flip_aug=True,
     )
     return TrainingData([dataset], [scan_dataset(dataset)], seed=11)
 
@@ -76,7 +83,9 @@ def test_pixels_are_cut_to_the_bucket_in_vae_range(data: TrainingData) -> None:
     assert original_size == (example.item.size[1], example.item.size[0])
     mirrored, _, _ = load_example(example, flip=True)
     assert torch.equal(mirrored, pixels.flip(-1))
-    assert torch.equal(pixels_of(Image.new("RGB", (2, 2), (255, 0, 0)))[:, 0, 0], torch.tensor([1.0, -1.0, -1.0]))
+    assert torch.equal(
+        pixels_of(Image.new("RGB", (2, 2), (255, 0, 0)))[:, 0, 0], torch.tensor([1.0, -1.0, -1.0])
+    )
 
 
 class _FakeVae:
@@ -108,7 +117,9 @@ class _Config(dict):
         return self.get(name)
 
 
-def test_latent_cache_in_memory_and_on_disk_gives_the_same_latents(data: TrainingData, tmp_path: Path) -> None:
+def test_latent_cache_in_memory_and_on_disk_gives_the_same_latents(
+    data: TrainingData, tmp_path: Path
+) -> None:
     vae = _FakeVae()
     vae.config = _Config(vae.config)
     examples = data.examples

@@ -19,7 +19,9 @@ from atelier.training.samples import (
 
 
 def test_a_full_kohya_line_is_parsed() -> None:
-    line = "oue, photo of oue car, daytime --n blurry, text --w 768 --h 1024 --d 42 --l 6.5 --s 28 --ss euler_a"
+    line = (
+        "oue, photo of oue car, daytime --n blurry, text --w 768 --h 1024 --d 42 --l 6.5 --s 28 --ss euler_a"
+    )
     assert parse_sample_prompt(line) == SamplePrompt(
         prompt="oue, photo of oue car, daytime",
         negative_prompt="blurry, text",
@@ -34,7 +36,13 @@ def test_a_full_kohya_line_is_parsed() -> None:
 
 def test_kohya_defaults_apply_and_sizes_round_down_to_8() -> None:
     sample = parse_sample_prompt("a red shoe --w 500")
-    assert (sample.width, sample.height, sample.steps, sample.cfg_scale, sample.seed) == (496, 512, 30, 7.5, None)
+    assert (sample.width, sample.height, sample.steps, sample.cfg_scale, sample.seed) == (
+        496,
+        512,
+        30,
+        7.5,
+        None,
+    )
 
 
 def test_unknown_options_warn_and_bad_numbers_fail() -> None:

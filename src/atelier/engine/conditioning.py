@@ -129,7 +129,8 @@ class PromptEncoder:
         rows = [tokens for tokens, _ in padded]
         weights = [multipliers for _, multipliers in padded]
         input_ids = torch.tensor(rows, dtype=torch.long, device=slot.text_encoder.device)
-        output = slot.text_encoder(input_ids, output_hidden_states=True)
+        # Hidden states are only needed below the last layer (SDXL, clip skip); skip collecting them otherwise.
+        output = slot.text_encoder(input_ids, output_hidden_states=slot.sdxl or self.clip_skip > 1)
         if slot.sdxl:
             hidden = output.hidden_states[-(self.clip_skip + 1)]
         elif self.clip_skip > 1:
@@ -161,10 +162,10 @@ def _apply_emphasis(hidden: torch.Tensor, multipliers: torch.Tensor) -> torch.Te
 # -- pipeline inputs -------------------------------------------------------------------------------------------
 
 
-def pad_to_chunks(encoded: EncodedText, chunks: int, empty: EncodedText) -> EncodedText:
+def pad_to_chunks(encoded: EncodedText, chunks: int, encoder: PromptEncoder) -> EncodedText:
     if encoded.chunks >= chunks:
         return encoded
-    extra = empty.embeds.repeat(1, chunks - encoded.chunks, 1)
+    extra = encoder.empty_chunk().embeds.repeat(1, chunks - encoded.chunks, 1)
     return EncodedText(torch.cat([encoded.embeds, extra], dim=1), encoded.pooled)
 
 
@@ -217,7 +218,6 @@ def build_conditioning(
     """Everything the pipeline needs for this prompt pair. ``prompt`` must already be free of LoRA tags."""
     parts = schedule_and_parts(prompt, steps)
     negative_schedule = schedule_prompt(negative_prompt, steps)
-    empty = encoder.empty_chunk()
 
     def zeroed(text: str) -> bool:
         # SDXL's empty negative prompt is zeros, as in diffusers and A1111.
@@ -232,14 +232,15 @@ def build_conditioning(
     def prepared(text: str, positive: bool) -> EncodedText:
         if (text, positive) not in padded:
             if not positive and zeroed(text):
-                width = empty.embeds.shape[-1]
-                embeds = torch.zeros(1, chunks * (CHUNK_TOKENS + 2), width, dtype=empty.embeds.dtype)
-                encoded = EncodedText(embeds.to(empty.embeds.device), torch.zeros_like(empty.pooled))
+                like = encoder.encode(parts[0].schedule[0][1])
+                shape = (1, chunks * (CHUNK_TOKENS + 2), like.embeds.shape[-1])
+                embeds = torch.zeros(shape, dtype=like.embeds.dtype, device=like.embeds.device)
+                encoded = EncodedText(embeds, torch.zeros_like(like.pooled))
             else:
                 encoded = encoder.encode(text)
                 if positive:
                     encoded = repeat_last_to(encoded, part_tokens)
-                encoded = pad_to_chunks(encoded, chunks, empty)
+                encoded = pad_to_chunks(encoded, chunks, encoder)
             padded[(text, positive)] = encoded
         return padded[(text, positive)]
 

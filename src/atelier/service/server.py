@@ -8,6 +8,7 @@ wait in the database and are run once workers are back.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from typing import Any
@@ -98,6 +99,12 @@ class StudioServer:
 
     def run(self) -> None:
         """Serve until interrupted (Ctrl-C / SIGTERM), then stop everything."""
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            # uvicorn shuts the HTTP server down on these signals, then raises the signal again; with the
+            # default handler that would kill the process before workers and watchers are stopped.
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous[signum] = signal.signal(signum, _note_signal)
         self._start_background()
         logger.info("Atelier studio: data in %s", self.config.data_dir)
         try:
@@ -105,6 +112,8 @@ class StudioServer:
         finally:
             self._stop_background()
             self.studio.close()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def start(self, timeout: float = 30.0) -> str:
         """Serve from a background thread (tests, notebooks); return the base URL once it accepts requests."""
@@ -125,3 +134,7 @@ class StudioServer:
             self._server_thread.join(timeout=10)
         self._stop_background()
         self.studio.close()
+
+
+def _note_signal(signum: int, _frame: object) -> None:
+    logger.info("signal %d received: stopping workers and watchers", signum)

@@ -324,9 +324,14 @@ class Worker:
         info = {"error_field": problem.field, "user_error": True}
         self.store.heartbeat(job.id, self.worker_id, lease_seconds=self.config.lease_seconds, info=info)
 
+    def train_dir(self, job: Job) -> Path:
+        """This machine's working folder for a training job (extracted data, run state for resuming)."""
+        return self.config.cache_dir / "train" / job.id
+
     def _after_interrupt(self, job: Job, lease: JobLease) -> None:
         if self.store.mark_canceled(job.id, self.worker_id):
             logger.info("job %s canceled", job.id)
+            shutil.rmtree(self.train_dir(job), ignore_errors=True)
         elif self._abandon.is_set():
             self.store.fail(
                 job.id, self.worker_id, "the worker was stopped; the job was requeued", retry=True
@@ -454,6 +459,7 @@ class Worker:
         from atelier.training.archive import extract_zip
         from atelier.training.config import load_train_config
         from atelier.training.recipe import train_lora
+        from atelier.training.state import STATE_FILE
 
         payload = job.payload
         zip_key = payload["training_data"]
@@ -469,10 +475,13 @@ class Worker:
         train_config = load_train_config(settings, preset=preset, overrides=overrides)
         output_name = check_model_name(train_config.output_name, what="output_name")
 
-        workdir = self.config.cache_dir / "train" / job.id
+        workdir = self.train_dir(job)
         data_dir = workdir / "data"
         out_dir = workdir / "run"
-        resume = out_dir.is_dir() and any(out_dir.iterdir())
+        # A run stopped on this machine (worker shut down, lease lost) saved its state: continue it.
+        resume = (out_dir / STATE_FILE).is_file()
+        if out_dir.exists() and not resume:
+            shutil.rmtree(out_dir)
         if not data_dir.is_dir():
             local_zip = self.storage.local_path(zip_key)
             if local_zip is None:
@@ -514,7 +523,7 @@ class Worker:
                 should_stop=lease.should_stop,
                 log=logger.info,
             )
-            if lease.should_stop():
+            if result.stopped or result.output_file is None:
                 raise JobInterrupted()
             record = self._publish_lora(job, Path(result.output_file), output_name, base, zip_key)
             extras = self._store_training_outputs(job, result)

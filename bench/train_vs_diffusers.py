@@ -1,0 +1,282 @@
+"""Atelier's LoRA training recipe against diffusers' reference LoRA loop, in one run.
+
+The reference is the training loop of diffusers' ``examples/text_to_image/train_text_to_image_lora.py``, rebuilt
+here at its minimum: components loaded with ``from_pretrained``, frozen and cast to the weight dtype, a UNet LoRA
+(rank r, alpha r, the example's to_q/to_k/to_v/to_out.0 targets) added with ``unet.add_adapter``, AdamW, and per
+step: VAE encode, noise, text encoder, UNet, MSE, backward, clip, step. Its images are resized and centre-cropped
+with PIL (the example uses torchvision, which Atelier does not install).
+
+Atelier runs :func:`atelier.training.recipe.train_lora` on the same model, images, captions, batch size,
+resolution, rank and learning rate, UNet-only, without bucketing (every image is square), first as is and then
+with ``cache_latents`` and ``cache_text_encoder_outputs``. Note that Atelier trains kohya's layer set (also
+proj_in/proj_out and the feed-forward layers), more LoRA layers than the reference.
+
+Each contender runs in its own process, so peak memory is its own: peak RSS on CPU, peak allocated CUDA memory on a
+GPU. Speed is optimizer steps per second after warm-up steps; model loading and caching are reported apart.
+
+    python bench/train_vs_diffusers.py [--steps 40] [--warmup 5] [--size 64] [--batch 2] [--images 8] [--rank 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+CAPTION = "photo of oue car, product shot, studio"
+LEARNING_RATE = 1e-4
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def make_dataset(folder: Path, count: int, size: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        pixels = np.random.default_rng(index).integers(0, 255, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{index:03d}.png")
+        (folder / f"{index:03d}.txt").write_text(f"{CAPTION}, view {index}\n", encoding="utf-8")
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The reference: diffusers' train_text_to_image_lora.py loop, minimal
+
+
+def run_reference(model: Path, data: Path, args: argparse.Namespace) -> dict:
+    from accelerate import Accelerator
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    load_start = time.perf_counter()
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    torch.manual_seed(0)
+    noise_scheduler = DDPMScheduler.from_pretrained(str(model), subfolder="scheduler")
+    tokenizer = CLIPTokenizer.from_pretrained(str(model), subfolder="tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(str(model), subfolder="text_encoder")
+    vae = AutoencoderKL.from_pretrained(str(model), subfolder="vae")
+    unet = UNet2DConditionModel.from_pretrained(str(model), subfolder="unet")
+    for module in (unet, vae, text_encoder):
+        module.requires_grad_(False)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision, torch.float32)
+    unet_lora_config = LoraConfig(
+        r=args.rank,
+        lora_alpha=args.rank,
+        init_lora_weights="gaussian",
+        target_modules=["to_k", "to_q", "to_v", "to_out.0"],
+    )
+    unet.to(accelerator.device, dtype=weight_dtype)
+    vae.to(accelerator.device, dtype=weight_dtype)
+    text_encoder.to(accelerator.device, dtype=weight_dtype)
+    unet.add_adapter(unet_lora_config)
+    if args.mixed_precision == "fp16":
+        cast_training_params(unet, dtype=torch.float32)
+    lora_layers = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(lora_layers, lr=LEARNING_RATE)
+
+    images = sorted(data.glob("*.png"))
+    captions = [path.with_suffix(".txt").read_text().strip() for path in images]
+
+    def transform(path: Path) -> torch.Tensor:
+        image = Image.open(path).convert("RGB")
+        scale = args.size / min(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
+        left, top = (image.width - args.size) // 2, (image.height - args.size) // 2
+        image = image.crop((left, top, left + args.size, top + args.size))
+        array = np.asarray(image, dtype=np.float32) / 255.0
+        return (torch.from_numpy(array).permute(2, 0, 1) - 0.5) / 0.5
+
+    class Dataset(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(images)
+
+        def __getitem__(self, index: int) -> dict:
+            ids = tokenizer(
+                captions[index], max_length=tokenizer.model_max_length, padding="max_length", truncation=True
+            ).input_ids
+            return {"pixel_values": transform(images[index]), "input_ids": torch.tensor(ids)}
+
+    loader = torch.utils.data.DataLoader(Dataset(), shuffle=True, batch_size=args.batch, drop_last=False)
+    lr_scheduler = get_scheduler("constant", optimizer=optimizer)
+    unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+    unet.train()
+    load_seconds = time.perf_counter() - load_start
+
+    step, timed_start = 0, None
+    while step < args.steps:
+        for batch in loader:
+            with accelerator.accumulate(unet):
+                latents = vae.encode(batch["pixel_values"].to(dtype=weight_dtype)).latent_dist.sample()
+                latents = latents * vae.config.scaling_factor
+                noise = torch.randn_like(latents)
+                timesteps = torch.randint(
+                    0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
+                ).long()
+                noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+                encoder_hidden_states = text_encoder(batch["input_ids"], return_dict=False)[0]
+                model_pred = unet(noisy_latents, timesteps, encoder_hidden_states, return_dict=False)[0]
+                loss = torch.nn.functional.mse_loss(model_pred.float(), noise.float(), reduction="mean")
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(lora_layers, 1.0)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            if accelerator.sync_gradients:
+                loss.item()  # the example logs the loss every step
+                step += 1
+                if step == args.warmup:
+                    _sync()
+                    timed_start = time.perf_counter()
+                if step >= args.steps:
+                    break
+    _sync()
+    timed = time.perf_counter() - timed_start
+    return {
+        "steps_per_s": (args.steps - args.warmup) / timed,
+        "load_s": load_seconds,
+        "peak_mb": _peak_memory_mb(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Atelier
+
+
+def run_atelier(model: Path, data: Path, args: argparse.Namespace, *, cached: bool) -> dict:
+    from atelier.training.config import load_train_config
+    from atelier.training.recipe import train_lora
+
+    config = load_train_config(
+        {
+            "resolution": args.size,
+            "enable_bucket": False,
+            "train_batch_size": args.batch,
+            "network_dim": args.rank,
+            "network_alpha": float(args.rank),
+            "network_train_unet_only": True,
+            "learning_rate": LEARNING_RATE,
+            "max_train_steps": args.steps,
+            "mixed_precision": args.mixed_precision,
+            "max_data_loader_n_workers": 0,
+            "cache_latents": cached,
+            "cache_text_encoder_outputs": cached,
+            "save_state": False,
+            "logging_dir": None,
+            "seed": 0,
+        }
+    )
+    marks: dict[int, float] = {}
+    start = time.perf_counter()
+
+    def on_progress(progress) -> None:
+        if progress.step in (1, args.warmup, args.steps):
+            _sync()
+            marks[progress.step] = time.perf_counter()
+
+    with tempfile.TemporaryDirectory() as out:
+        train_lora(config, data=data, base_model=model, out_dir=Path(out) / "run", on_progress=on_progress)
+    return {
+        "steps_per_s": (args.steps - args.warmup) / (marks[args.steps] - marks[args.warmup]),
+        "load_s": marks[1] - start,
+        "peak_mb": _peak_memory_mb(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+CONTENDERS = ("diffusers-reference", "atelier", "atelier-cached")
+
+
+def _run_contender(name: str, model: Path, data: Path, args: argparse.Namespace) -> dict:
+    command = [sys.executable, __file__, "--contender", name, "--model", str(model), "--data", str(data)]
+    for key in ("steps", "warmup", "size", "batch", "rank", "threads", "mixed_precision"):
+        command += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    output = subprocess.run(command, check=True, capture_output=True, text=True, env=os.environ.copy()).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--rank", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="runs per contender; the best is kept")
+    parser.add_argument(
+        "--mixed-precision", default="fp16" if torch.cuda.is_available() else "no", choices=["no", "fp16", "bf16"]
+    )
+    parser.add_argument("--model", type=Path, help="base model (default: a tiny SD 1.5 model)")
+    parser.add_argument("--contender", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    if args.contender:
+        from atelier.cli.common import quiet_libraries
+
+        quiet_libraries()
+        if args.contender == "diffusers-reference":
+            row = run_reference(args.model, args.data, args)
+        else:
+            row = run_atelier(args.model, args.data, args, cached=args.contender == "atelier-cached")
+        print(json.dumps(row))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model = args.model
+        if model is None:
+            from atelier.engine.tiny import create_tiny_model
+
+            model = create_tiny_model("sd15", root / "tiny-sd15")
+        data = make_dataset(root / "data", args.images, args.size)
+        results = {}
+        for name in CONTENDERS:
+            rows = [_run_contender(name, model, data, args) for _ in range(args.rounds)]
+            results[name] = max(rows, key=lambda row: row["steps_per_s"])
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {args.threads} threads"
+    print(
+        f"LoRA training, tiny SD 1.5, {args.size}x{args.size}, batch {args.batch}, rank {args.rank}, "
+        f"{args.steps} steps ({args.warmup} warm-up), {device}, mixed precision {args.mixed_precision}"
+    )
+    reference = results["diffusers-reference"]
+    for name, row in results.items():
+        speed = row["steps_per_s"] / reference["steps_per_s"]
+        memory = row["peak_mb"] / reference["peak_mb"]
+        print(
+            f"{name:20s} {row['steps_per_s']:7.2f} steps/s  {speed:5.2f}x speed  peak {row['peak_mb']:8.1f} MB "
+            f"({memory:4.2f}x)  setup {row['load_s']:5.1f} s"
+        )
+    if not all(math.isfinite(row["steps_per_s"]) for row in results.values()):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

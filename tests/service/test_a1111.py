@@ -1,0 +1,246 @@
+"""The A1111-compatible API, driven by the `webuiapi` PyPI client as a real peer."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import pytest
+import webuiapi
+from PIL import Image, ImageChops
+from studio_helpers import fast_config, install_checkpoint, make_lora, running_worker, wait_for
+
+from atelier.service.server import StudioServer
+from atelier.service.studio import Studio
+
+SMALL = {"steps": 2, "width": 64, "height": 64}
+
+
+@pytest.fixture(scope="module")
+def served(tiny_models, tmp_path_factory):
+    import torch
+
+    torch.set_num_threads(1)
+    config = fast_config(tmp_path_factory.mktemp("a1111") / "data", max_workers=0, port=0, settle_seconds=0.0)
+    setup = Studio.open(config)
+    install_checkpoint(setup, tiny_models("sd15"), "tiny-sd15")
+    install_checkpoint(setup, tiny_models("sd15-inpaint"), "tiny-inpaint")
+    setup.close()
+    server = StudioServer(config, log_level="warning")
+    url = server.start()
+    port = int(url.rsplit(":", 1)[1])
+    with running_worker(server.studio):
+        yield server, webuiapi.WebUIApi(host="127.0.0.1", port=port, sampler="Euler a", steps=2), url
+    server.stop()
+
+
+@pytest.fixture
+def api(served):
+    return served[1]
+
+
+@pytest.fixture
+def http(served):
+    with httpx.Client(base_url=served[2], timeout=60) as client:
+        yield client
+
+
+def test_txt2img_answers_like_a1111(api):
+    result = api.txt2img(prompt="a red bottle", negative_prompt="blurry", seed=42, batch_size=2, **SMALL)
+    assert len(result.images) == 2
+    assert result.info["all_seeds"] == [42, 43]
+    assert result.info["seed"] == 42
+    assert result.info["prompt"] == "a red bottle"
+    assert result.info["sampler_name"] == "Euler a"
+    assert len(result.info["infotexts"]) == 2
+    assert result.images[1].info["parameters"] == result.info["infotexts"][1]
+    assert "Negative prompt: blurry" in result.info["infotexts"][0]
+    assert "Seed: 43" in result.info["infotexts"][1]
+    assert result.parameters["prompt"] == "a red bottle"
+    assert result.images[0].size == (64, 64)
+
+
+def test_the_same_seed_gives_the_same_image(api):
+    first = api.txt2img(prompt="a blue shoe", seed=5, **SMALL).image
+    second = api.txt2img(prompt="a blue shoe", seed=5, **SMALL).image
+    assert first.tobytes() == second.tobytes()
+
+
+def test_img2img_inpainting_keeps_the_unmasked_photo(api):
+    photo = Image.new("RGB", (64, 64), (200, 30, 30))
+    photo.paste((20, 20, 220), (0, 0, 32, 64))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (40, 40, 60, 60))
+    result = api.img2img(
+        images=[photo],
+        mask_image=mask,
+        prompt="a product photo",
+        denoising_strength=0.9,
+        mask_blur=0,
+        inpainting_fill=1,
+        inpaint_full_res=False,
+        seed=1,
+        override_settings={"sd_model_checkpoint": "tiny-inpaint"},
+        **SMALL,
+    )
+    out = result.image.convert("RGB")
+    assert out.size == (64, 64)
+    outside = ImageChops.difference(out.crop((0, 0, 36, 36)), photo.crop((0, 0, 36, 36)))
+    assert outside.getbbox() is None
+    assert (
+        ImageChops.difference(out.crop((40, 40, 60, 60)), photo.crop((40, 40, 60, 60))).getbbox() is not None
+    )
+    assert "Mask blur: 0" in result.info["infotexts"][0]
+    assert result.info["sd_model_name"] == "tiny-inpaint"
+
+
+def test_img2img_only_masked_keeps_the_original_size(api):
+    photo = Image.new("RGB", (96, 80), (10, 120, 10))
+    mask = Image.new("L", (96, 80), 0)
+    mask.paste(255, (10, 10, 30, 30))
+    result = api.img2img(
+        images=[photo],
+        mask_image=mask,
+        prompt="a shoe",
+        inpaint_full_res=True,
+        inpaint_full_res_padding=8,
+        **SMALL,
+    )
+    assert result.image.size == (96, 80)
+
+
+def test_img2img_resize_modes_give_the_requested_size(api):
+    photo = Image.new("RGB", (128, 64), (10, 120, 10))
+    for mode in (0, 1, 2):
+        result = api.img2img(
+            images=[photo], prompt="a bag", resize_mode=mode, denoising_strength=0.6, **SMALL
+        )
+        assert result.image.size == (64, 64)
+
+
+def test_models_and_options(api, http):
+    titles = api.util_get_model_names()
+    assert len(titles) == 2
+    models = {model["model_name"]: model for model in api.get_sd_models()}
+    assert set(models["tiny-sd15"]) == {"title", "model_name", "hash", "sha256", "filename", "config"}
+    assert models["tiny-sd15"]["hash"] == models["tiny-sd15"]["sha256"][:10]
+    api.set_options({"sd_model_checkpoint": models["tiny-inpaint"]["title"]})
+    assert api.get_options()["sd_model_checkpoint"] == models["tiny-inpaint"]["title"]
+    assert api.util_get_current_model() == models["tiny-inpaint"]["title"]
+    result = api.txt2img(prompt="a red bottle", seed=1, **SMALL)
+    assert result.info["sd_model_name"] == "tiny-inpaint"
+    api.refresh_checkpoints()
+    api.util_set_model("tiny-sd15")
+    assert api.util_get_current_model() == models["tiny-sd15"]["title"]
+    refused = http.post("/sdapi/v1/options", json={"sd_model_checkpoint": "missing"})
+    assert refused.status_code == 404
+    assert refused.json()["field"] == "sd_model_checkpoint"
+
+
+def test_samplers_schedulers_and_progress(api):
+    samplers = [sampler["name"] for sampler in api.get_samplers()]
+    assert "Euler a" in samplers and "DPM++ 2M" in samplers
+    schedulers = {scheduler["name"]: scheduler for scheduler in api.get_schedulers()}
+    assert schedulers["karras"]["label"] == "Karras"
+    assert schedulers["automatic"]["label"] == "Automatic"
+    progress = api.get_progress()
+    assert progress["progress"] == 0.0
+    assert progress["state"]["job_count"] == 0
+    api.util_wait_for_ready(check_interval=0.05)
+
+
+def test_png_info_reads_back_the_parameters(api):
+    image = api.txt2img(prompt="a red bottle", seed=9, cfg_scale=5, **SMALL).image
+    info = api.png_info(image)
+    assert "Seed: 9" in info.info
+    assert info.parameters["Seed"] == "9"
+    assert info.parameters["CFG scale"] == "5.0"
+    assert info.parameters["Prompt"] == "a red bottle"
+
+
+def test_loras_refresh_and_use_by_name(served, api, http, tiny_models, tmp_path):
+    server = served[0]
+    lora = make_lora(tiny_models("sd15"), tmp_path / "jacket.safetensors", seed=4)
+    server.studio.storage.put_file("models/jacket.safetensors", lora)
+    assert http.post("/sdapi/v1/refresh-loras").status_code == 200
+    loras = {lora["name"]: lora for lora in api.get_loras()}
+    assert loras["jacket"]["path"] == "models/jacket.safetensors"
+    plain = api.txt2img(prompt="a jacket", seed=3, **SMALL).image
+    styled = api.txt2img(prompt="a jacket <lora:jacket:1>", seed=3, **SMALL)
+    assert styled.image.tobytes() != plain.tobytes()
+    assert "Lora hashes" in styled.info["infotexts"][0]
+
+
+def test_concurrent_requests_are_queued_not_dropped(api):
+    results: dict[int, object] = {}
+
+    def call(seed: int) -> None:
+        results[seed] = api.txt2img(prompt="a bag", seed=seed, **SMALL)
+
+    threads = [threading.Thread(target=call, args=(seed,)) for seed in range(100, 106)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted(results) == list(range(100, 106))
+    assert {result.info["job_id"] for result in results.values()}.__len__() == 6
+    assert all(result.info["all_seeds"] == [seed] for seed, result in results.items())
+
+
+def test_interrupt_cancels_the_running_job(api, http):
+    outcome = {}
+    thread = threading.Thread(
+        target=lambda: outcome.setdefault(
+            "result", api.txt2img(prompt="a bag", seed=1, steps=400, width=64, height=64)
+        )
+    )
+    thread.start()
+    wait_for(lambda: api.get_progress()["state"]["sampling_step"] >= 1)
+    progress = api.get_progress()
+    assert 0 < progress["progress"] < 1 and progress["state"]["sampling_steps"] == 400
+    api.interrupt()
+    thread.join(timeout=30)
+    assert outcome["result"].images == []
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"prompt": "x", "sampler_name": "Nope"}, "sampler_name"),
+        ({"prompt": "x", "scheduler": "nope"}, "scheduler"),
+        ({"prompt": "x", "steps": 0}, "steps"),
+        ({"prompt": "x", "width": 100}, "width"),
+        ({"prompt": "x", "n_iter": "lots"}, "n_iter"),
+        ({"prompt": "x", "enable_hr": True}, "enable_hr"),
+        ({"prompt": "x <lora:missing:1>"}, "prompt"),
+        ({"prompt": "x", "override_settings": {"sd_model_checkpoint": "missing"}}, "sd_model_checkpoint"),
+    ],
+)
+def test_bad_txt2img_input_names_the_a1111_field(http, body, field):
+    response = http.post("/sdapi/v1/txt2img", json={**SMALL, **body})
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["field"] == field
+
+
+def test_bad_img2img_input_names_the_field(http):
+    base = {**SMALL, "prompt": "x", "init_images": ["aGVsbG8="]}
+    assert http.post("/sdapi/v1/img2img", json=base).json()["field"] == "init_images"
+    photo = webuiapi.raw_b64_img(Image.new("RGB", (64, 64)))
+    small_mask = webuiapi.raw_b64_img(Image.new("L", (32, 32)))
+    mismatch = http.post("/sdapi/v1/img2img", json={**base, "init_images": [photo], "mask": small_mask})
+    assert (mismatch.status_code, mismatch.json()["field"]) == (422, "mask")
+    missing = http.post("/sdapi/v1/img2img", json={**SMALL, "prompt": "x"})
+    assert missing.json()["field"] == "init_images"
+    png_info = http.post("/sdapi/v1/png-info", json={"image": "bm90IGFuIGltYWdl"})
+    assert (png_info.status_code, png_info.json()["field"]) == (422, "image")
+
+
+def test_png_info_for_an_image_without_parameters(http):
+    plain = webuiapi.raw_b64_img(Image.new("RGB", (8, 8)))
+    answer = http.post("/sdapi/v1/png-info", json={"image": plain}).json()
+    assert answer == {"info": "", "items": {}, "parameters": {}}
+
+
+def test_wait_for_ready_after_work(api):
+    api.txt2img(prompt="a bag", seed=1, **SMALL)
+    wait_for(lambda: api.get_progress()["state"]["job_count"] == 0)

@@ -1,0 +1,207 @@
+"""Crashes and restarts with real processes, and the supervisor's scaling decisions."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import httpx
+import pytest
+from studio_helpers import fast_config, install_checkpoint, wait_for
+
+from atelier.service.studio import Studio
+from atelier.service.submit import prepare_generation, submit_generation
+from atelier.service.supervisor import WorkerSupervisor, worker_command
+
+SMALL = {"prompt": "a red bottle", "steps": 2, "width": 64, "height": 64, "seed": 11}
+# Worker processes inherit these: a test run on two cores stays responsive.
+CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def start_worker(config, worker_id: str) -> subprocess.Popen:
+    return subprocess.Popen(worker_command(config, worker_id), env=CHILD_ENV)
+
+
+def stop(process: subprocess.Popen, signum: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        process.send_signal(signum)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def test_a_worker_killed_mid_job_leaves_the_job_to_another_worker(tmp_path, postgres_url, tiny_models):
+    config = fast_config(
+        tmp_path / "data", database_url=postgres_url, lease_seconds=1.5, progress_seconds=0.1
+    )
+    studio = Studio.open(config)
+    workers: dict[str, subprocess.Popen] = {}
+    try:
+        install_checkpoint(studio, tiny_models("sd15"), "tiny-sd15")
+        job = submit_generation(studio, prepare_generation(studio, {**SMALL, "steps": 40}))
+        # Two workers share the queue; whichever takes the job is killed in the middle of it.
+        workers = {worker_id: start_worker(config, worker_id) for worker_id in ("worker-a", "worker-b")}
+        running = wait_for(lambda: (found := studio.store.get(job.id)).progress_step and found, timeout=120)
+        victim = running.worker_id
+        workers[victim].send_signal(signal.SIGKILL)
+        workers[victim].wait()
+        assert studio.store.get(job.id).state == "running"
+        done = wait_for(lambda: (found := studio.store.get(job.id)).finished and found, timeout=120)
+        assert done.state == "succeeded", done.error
+        assert done.attempts == 2
+        images = [item.key for item in studio.storage.list(f"outputs/{job.id}") if item.key.endswith(".png")]
+        assert len(images) == 1
+        assert not studio.store.complete(job.id, victim, {"stale": True})
+        assert studio.store.get(job.id).result == done.result
+    finally:
+        for process in workers.values():
+            stop(process)
+        studio.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _serve(data_dir, port: int, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "atelier", "serve", "--data", str(data_dir), "--port", str(port), *extra]
+    return subprocess.Popen(command, env=CHILD_ENV)
+
+
+def test_jobs_queued_before_a_restart_all_complete(tmp_path, tiny_models):
+    data_dir = tmp_path / "data"
+    studio = Studio.open(fast_config(data_dir))
+    install_checkpoint(studio, tiny_models("sd15"), "tiny-sd15")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    first = _serve(data_dir, port, "--max-workers", "0")
+    second = None
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            wait_for(lambda: _healthy(client), timeout=120)
+            ids = [
+                client.post("/api/generate", json={**SMALL, "seed": seed}).json()["id"] for seed in (1, 2, 3)
+            ]
+            stop(first)
+            assert [studio.store.get(job_id).state for job_id in ids] == ["queued"] * 3
+            second = _serve(data_dir, port, "--max-workers", "1")
+            wait_for(lambda: _healthy(client), timeout=120)
+            wait_for(
+                lambda: all(
+                    client.get(f"/api/jobs/{job_id}").json()["state"] == "succeeded" for job_id in ids
+                ),
+                timeout=180,
+            )
+            assert "atelier_local_workers" in client.get("/metrics").text
+        stop(second)
+        assert second.returncode == 0
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)
+        studio.close()
+
+
+def _healthy(client: httpx.Client) -> bool:
+    try:
+        return client.get("/api/health").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+SLEEPER = (
+    "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *args: sys.exit(0))\ntime.sleep(120)\n"
+)
+
+
+@pytest.fixture
+def supervised(tmp_path, database_url, tiny_models):
+    studio = Studio.open(fast_config(tmp_path / "data", database_url=database_url))
+    install_checkpoint(studio, tiny_models("sd15"), "tiny-sd15")
+    clock = FakeTime()
+    spawned: list[subprocess.Popen] = []
+
+    def spawn(worker_id: str) -> subprocess.Popen:
+        process = subprocess.Popen([sys.executable, "-c", SLEEPER])
+        spawned.append(process)
+        return process
+
+    supervisor = WorkerSupervisor(
+        studio.store, min_workers=0, max_workers=2, spawn=spawn, scale_down_after=30, monotonic=clock
+    )
+    yield studio, supervisor, clock, spawned
+    supervisor.shutdown(timeout=5)
+    studio.close()
+
+
+def _settle(supervisor, spawned, expected_running: int) -> None:
+    def reached() -> bool:
+        supervisor.tick()
+        return supervisor.counts() == {"running": expected_running, "stopping": 0}
+
+    wait_for(reached, timeout=20, interval=0.05)
+
+
+def test_the_supervisor_scales_on_queue_depth_and_down_to_zero(supervised):
+    studio, supervisor, clock, spawned = supervised
+    supervisor.tick()
+    assert supervisor.counts()["running"] == 0
+    jobs = [submit_generation(studio, prepare_generation(studio, SMALL)) for _ in range(3)]
+    supervisor.tick()
+    assert supervisor.counts()["running"] == 2  # three queued, two at most
+    busy_worker = supervisor.worker_ids[0]
+    claimed = studio.store.claim(busy_worker)
+    for job in jobs:
+        if job.id != claimed.id:
+            studio.store.cancel(job.id)
+    supervisor.tick()
+    clock.now += 10
+    supervisor.tick()
+    assert supervisor.counts()["running"] == 2  # idle, but not for long enough yet
+    clock.now += 30
+    supervisor.tick()
+    assert supervisor.counts() == {"running": 1, "stopping": 1}
+    assert supervisor.worker_ids.count(busy_worker) == 1
+    _settle(supervisor, spawned, 1)
+    assert busy_worker in supervisor.worker_ids  # the worker with a job is never stopped
+    studio.store.complete(claimed.id, busy_worker, {})
+    supervisor.tick()
+    clock.now += 31
+    supervisor.tick()
+    _settle(supervisor, spawned, 0)
+
+
+def test_the_supervisor_replaces_crashed_workers_and_keeps_the_minimum(supervised):
+    studio, supervisor, clock, spawned = supervised
+    supervisor.min_workers = 1
+    supervisor.tick()
+    assert supervisor.counts()["running"] == 1
+    submit_generation(studio, prepare_generation(studio, SMALL))
+    supervisor.tick()
+    assert supervisor.counts()["running"] == 1  # one queued job: the minimum worker is enough
+    spawned[0].kill()
+    spawned[0].wait()
+    _settle(supervisor, spawned, 1)
+    assert supervisor.started_total == 2
+    clock.now += 100
+    for job in studio.store.list(state="queued"):
+        studio.store.cancel(job.id)
+    supervisor.tick()
+    clock.now += 100
+    supervisor.tick()
+    assert supervisor.counts()["running"] == 1
