@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     resolve_sampler(args.sampler, args.schedule_type)
     init = load_image(args.init, what="init image") if args.init else None
     mask = load_image(args.mask, what="mask") if args.mask else None
+    quiet_libraries()
     library = ModelLibrary(args.models_dir)
     model_path = library.resolve(args.model) if args.model else _default_model(library)
     refiner_path = library.resolve(args.refiner) if args.refiner else None
@@ -96,7 +97,6 @@ def run(args: argparse.Namespace) -> int:
     detect_architecture(model_path)  # refuses pickles and non-checkpoints before anything loads
     if refiner_path:
         detect_architecture(refiner_path)
-    quiet_libraries()
     engine = Engine(device=args.device, loras=LoraLibrary(args.lora_dir or args.models_dir))
     with tqdm(total=1, unit="step", desc="generating", dynamic_ncols=True) as bar:
 

@@ -1,0 +1,103 @@
+"""The seed's event pipeline end to end: files land in the buckets, the studio reacts, nobody clicks anything."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import httpx
+import pytest
+from PIL import Image
+from studio_helpers import fast_config, install_checkpoint, make_lora, running_worker, wait_for
+
+from atelier.service.server import StudioServer
+from atelier.service.studio import Studio
+
+SMALL = {"steps": 2, "width": 64, "height": 64, "seed": 3}
+TINY_TRAINING = b"""
+base = "tiny-sd15"
+resolution = 64
+min_bucket_reso = 32
+max_bucket_reso = 128
+bucket_reso_steps = 32
+train_batch_size = 2
+network_dim = 4
+network_alpha = 2.0
+learning_rate = 0.05
+max_data_loader_n_workers = 0
+seed = 1
+max_train_steps = 2
+"""
+
+
+@pytest.fixture
+def served(tmp_path, tiny_models):
+    import torch
+
+    torch.set_num_threads(1)
+    config = fast_config(tmp_path / "data", max_workers=0, port=0)
+    setup = Studio.open(config)
+    install_checkpoint(setup, tiny_models("sd15"), "tiny-sd15")
+    setup.close()
+    server = StudioServer(config, log_level="warning")
+    url = server.start()
+    with running_worker(server.studio), httpx.Client(base_url=url, timeout=120) as client:
+        yield server, client
+    server.stop()
+
+
+def _model_names(client: httpx.Client, kind: str) -> set[str]:
+    return {model["name"] for model in client.get("/api/models", params={"kind": kind}).json()["models"]}
+
+
+def _generate(client: httpx.Client, prompt: str) -> dict:
+    response = client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": prompt})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_a_lora_copied_into_the_models_folder_is_usable_within_seconds(served, tiny_models, tmp_path):
+    server, client = served
+    lora = make_lora(tiny_models("sd15"), tmp_path / "raincoat.safetensors", seed=5)
+    target = server.studio.storage.local_path("models/loras/raincoat.safetensors")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(lora.read_bytes())
+    wait_for(lambda: "raincoat" in _model_names(client, "lora"), timeout=10)
+    answer = _generate(client, "a raincoat <lora:raincoat:0.9>")
+    assert "Lora hashes: " in json.loads(answer["info"])["infotexts"][0]
+
+
+def _training_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for index, colour in enumerate(["yellow", "orange", "gold", "khaki"]):
+            image = io.BytesIO()
+            Image.new("RGB", (64, 64), colour).save(image, format="PNG")
+            archive.writestr(f"windbreaker/{index}.png", image.getvalue())
+            archive.writestr(f"windbreaker/{index}.txt", f"a {colour} windbreaker")
+    return buffer.getvalue()
+
+
+def test_a_training_zip_becomes_a_lora_that_is_usable_by_name(served):
+    pytest.importorskip("atelier.training.recipe")
+    server, client = served
+    storage = server.studio.storage
+    storage.put_bytes("training-data/windbreaker.toml", TINY_TRAINING)
+    storage.put_bytes("training-data/windbreaker.zip", _training_zip())
+    job = wait_for(lambda: client.get("/api/jobs", params={"kind": "train"}).json()["jobs"], timeout=15)[0]
+    done = wait_for(lambda: (found := client.get(f"/api/jobs/{job['id']}").json())["finished_at"] and found, timeout=240)
+    assert done["state"] == "succeeded", done["error"]
+    assert storage.exists("models/windbreaker.safetensors")
+    models = {model["name"]: model for model in client.get("/api/models", params={"kind": "lora"}).json()["models"]}
+    assert models["windbreaker"]["source"] == "training"
+    assert models["windbreaker"]["details"]["base_model"] == "tiny-sd15"
+    results = client.get(f"/api/jobs/{job['id']}/results").json()
+    assert results["model"]["name"] == "windbreaker"
+    answer = _generate(client, "a yellow windbreaker <lora:windbreaker:1>")
+    assert len(answer["images"]) == 1
+    # The watcher saw the new file too, but the ledger says training already registered it.
+    entries = server.studio.ledger.list(bucket="models")
+    assert [entry.key for entry in entries].count("models/windbreaker.safetensors") == 1
+    # Training cleans up after itself: the worker's run folder is gone.
+    assert not (server.config.cache_dir / "train" / job["id"]).exists()
