@@ -14,6 +14,8 @@ install:
 install-test:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==$(TORCH_VERSION)
 	$(PIP) install -e ".[test]"
+	# The UI tests drive Debian's Chromium (Playwright never downloads a browser here).
+	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 studio: install
 	atelier generate "a product photo of a yellow windbreaker, forest, (masterpiece:1.2)" --steps 8 --width 256 --height 256 --seed 42

@@ -27,7 +27,9 @@ network_alpha = 2.0
 learning_rate = 0.05
 max_data_loader_n_workers = 0
 seed = 1
-max_train_steps = 2
+# Four images, no repeats, batches of two: one epoch is two steps.
+num_repeats = 1
+max_train_epochs = 1
 """
 
 
@@ -86,10 +88,14 @@ def test_a_training_zip_becomes_a_lora_that_is_usable_by_name(served):
     storage.put_bytes("training-data/windbreaker.toml", TINY_TRAINING)
     storage.put_bytes("training-data/windbreaker.zip", _training_zip())
     job = wait_for(lambda: client.get("/api/jobs", params={"kind": "train"}).json()["jobs"], timeout=15)[0]
-    done = wait_for(lambda: (found := client.get(f"/api/jobs/{job['id']}").json())["finished_at"] and found, timeout=240)
+    done = wait_for(
+        lambda: (found := client.get(f"/api/jobs/{job['id']}").json())["finished_at"] and found, timeout=240
+    )
     assert done["state"] == "succeeded", done["error"]
     assert storage.exists("models/windbreaker.safetensors")
-    models = {model["name"]: model for model in client.get("/api/models", params={"kind": "lora"}).json()["models"]}
+    models = {
+        model["name"]: model for model in client.get("/api/models", params={"kind": "lora"}).json()["models"]
+    }
     assert models["windbreaker"]["source"] == "training"
     assert models["windbreaker"]["details"]["base_model"] == "tiny-sd15"
     results = client.get(f"/api/jobs/{job['id']}/results").json()

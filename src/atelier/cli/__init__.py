@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "atelier.cli.train",
     "atelier.cli.prompt",
     "atelier.cli.ad",
+    "atelier.cli.batch",
     "atelier.cli.sheet",
     "atelier.cli.serve",
     "atelier.cli.worker",

@@ -14,9 +14,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="models_command", metavar="ACTION")
     sub.required = True
 
-    tiny = sub.add_parser("create-tiny", help="write a tiny random-weight model (demo: random weights)")
+    tiny = sub.add_parser(
+        "create-tiny", help="write a tiny random-weight model or ControlNet (demo: random weights)"
+    )
     tiny.add_argument(
-        "--arch", required=True, choices=["sd15", "sd15-inpaint", "sdxl", "sdxl-refiner"], help="architecture"
+        "--arch",
+        required=True,
+        choices=["sd15", "sd15-inpaint", "sdxl", "sdxl-refiner", "controlnet-sd15", "controlnet-sdxl"],
+        help="architecture",
     )
     tiny.add_argument("dir", type=Path, help="output folder (diffusers layout)")
     tiny.add_argument("--overwrite", action="store_true")
@@ -52,7 +57,12 @@ def run_list(args: argparse.Namespace) -> int:
     from atelier.engine.models import detect_architecture
 
     rows = [
-        {"name": entry.name, "label": entry.label, "path": str(entry.path), "architecture": detect_architecture(entry.path)}
+        {
+            "name": entry.name,
+            "label": entry.label,
+            "path": str(entry.path),
+            "architecture": detect_architecture(entry.path),
+        }
         for entry in ModelLibrary(args.models_dir).list()
     ]
     if args.json:
@@ -69,7 +79,11 @@ def run_inspect(args: argparse.Namespace) -> int:
 
     arch = detect_architecture(args.path)
     digest = model_sha256(args.path)
-    print(json.dumps({"name": display_name(args.path), "architecture": arch, "sha256": digest, "hash": digest[:10]}))
+    print(
+        json.dumps(
+            {"name": display_name(args.path), "architecture": arch, "sha256": digest, "hash": digest[:10]}
+        )
+    )
     return 0
 
 

@@ -319,6 +319,13 @@ class PromptGuidance:
             }
         if kwargs.get("timestep_cond") is not None:
             new_kwargs["timestep_cond"] = widen(kwargs["timestep_cond"])
+        # ControlNet residuals are added to the UNet's features row by row: they follow the sample's rows.
+        if kwargs.get("down_block_additional_residuals") is not None:
+            new_kwargs["down_block_additional_residuals"] = [
+                widen(residual) for residual in kwargs["down_block_additional_residuals"]
+            ]
+        if kwargs.get("mid_block_additional_residual") is not None:
+            new_kwargs["mid_block_additional_residual"] = widen(kwargs["mid_block_additional_residual"])
         new_args = list(args)
         timestep = new_args[1] if len(new_args) > 1 else kwargs.get("timestep")
         if isinstance(timestep, torch.Tensor) and timestep.ndim > 0 and timestep.shape[0] == incoming:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,12 +21,23 @@ from atelier import __version__
 from atelier.engine import masks
 from atelier.engine.architectures import SDXL_ARCHITECTURES
 from atelier.engine.conditioning import Conditioning, PromptEncoder, build_conditioning
+from atelier.engine.controlnet import (
+    DEFAULT_MAX_UNITS,
+    ControlNetCache,
+    ControlNetLibrary,
+    ResolvedControl,
+    check_matches_base,
+    control_modes_attached,
+    controlnet_pipeline,
+    pipeline_inputs,
+)
 from atelier.engine.infotext import format_infotext
 from atelier.engine.loras import AppliedLora, LoraLibrary, apply_loras
 from atelier.engine.models import LoadedModel, ModelCache
+from atelier.engine.preprocessors import model_folder, needs_model
 from atelier.engine.request import GenerationRequest
 from atelier.engine.samplers import make_scheduler, resolve_sampler
-from atelier.errors import AtelierError
+from atelier.errors import AtelierError, NotFoundError
 from atelier.prompts.parser import parse_prompt, strip_comments
 
 StepCallback = Callable[[int, int], None]
@@ -47,6 +59,8 @@ class GeneratedImage:
 @dataclass
 class GenerationResult:
     images: list[GeneratedImage] = field(default_factory=list)
+    # One per ControlNet unit: the preprocessed map at the size the ControlNet saw it.
+    control_maps: list[Image.Image] = field(default_factory=list)
 
     @property
     def seeds(self) -> list[int]:
@@ -65,6 +79,14 @@ _PIPELINES = {
     ("sdxl", "txt2img"): "StableDiffusionXLPipeline",
     ("sdxl", "img2img"): "StableDiffusionXLImg2ImgPipeline",
     ("sdxl", "inpaint"): "StableDiffusionXLInpaintPipeline",
+}
+_CONTROLNET_PIPELINES = {
+    ("sd15", "txt2img"): "StableDiffusionControlNetPipeline",
+    ("sd15", "img2img"): "StableDiffusionControlNetImg2ImgPipeline",
+    ("sd15", "inpaint"): "StableDiffusionControlNetInpaintPipeline",
+    ("sdxl", "txt2img"): "StableDiffusionXLControlNetPipeline",
+    ("sdxl", "img2img"): "StableDiffusionXLControlNetImg2ImgPipeline",
+    ("sdxl", "inpaint"): "StableDiffusionXLControlNetInpaintPipeline",
 }
 
 
@@ -87,11 +109,20 @@ class Engine:
         dtype: torch.dtype | None = None,
         models: ModelCache | None = None,
         loras: LoraLibrary | None = None,
+        controlnets: ControlNetLibrary | None = None,
+        controlnet_models: ControlNetCache | None = None,
+        preprocessor_models: str | os.PathLike[str] | None = None,
+        max_controlnet_units: int = DEFAULT_MAX_UNITS,
     ) -> None:
         self.device = device or default_device()
         self.dtype = dtype or default_dtype(self.device)
         self.models = models or ModelCache()
         self.loras = loras
+        # Without a library, ControlNet units name their model by path (the CLI resolves names itself).
+        self.controlnets = controlnets
+        self.controlnet_models = controlnet_models or ControlNetCache(max_models=max(max_controlnet_units, 1))
+        self.preprocessor_models = preprocessor_models
+        self.max_controlnet_units = max_controlnet_units
 
     def load(self, model_path: str | os.PathLike[str]) -> LoadedModel:
         return self.models.get(model_path, device=self.device, dtype=self.dtype)
@@ -104,20 +135,21 @@ class Engine:
         should_cancel: CancelCheck | None = None,
     ) -> GenerationResult:
         """Run a request: ``batch_count`` batches of ``batch_size`` images; image i uses seed s+i."""
-        request.validate()
+        request.validate(max_controlnet_units=self.max_controlnet_units)
         if not request.model:
             raise AtelierError("no model given", field="model")
         sampler, schedule_type = resolve_sampler(request.sampler, request.schedule_type)
         prompt = _PromptTexts.parse(request, self.loras)
         model = self.load(request.model)
         refiner = self._load_refiner(request, model)
+        controls = self._load_controls(request, model)
         apply_loras(model.pipeline, model.loaded_loras, prompt.loras)
         first_seed = request.resolved_seed()
         total_images = request.batch_size * request.batch_count
         progress = _Progress(
             on_step, should_cancel, total=self._steps_per_batch(request) * request.batch_count
         )
-        run = _Run(request, prompt, model, refiner, sampler, schedule_type, progress)
+        run = _Run(request, prompt, model, refiner, sampler, schedule_type, progress, controls)
         result = GenerationResult()
         for batch_index in range(request.batch_count):
             seeds = [first_seed + batch_index * request.batch_size + i for i in range(request.batch_size)]
@@ -127,6 +159,7 @@ class Engine:
                 infotext = format_infotext(request.prompt, request.negative_prompt, params)
                 result.images.append(GeneratedImage(image=image, seed=seed, infotext=infotext, params=params))
         assert len(result.images) == total_images
+        result.control_maps = run.control_maps or []
         return result
 
     # -- one batch -------------------------------------------------------------------------------------------
@@ -143,17 +176,18 @@ class Engine:
             return self._run_inpaint(run, seeds, full_mask=True)
         if request.mode == "inpaint":
             return self._run_inpaint(run, seeds)
-        pipeline = model.variant(_PIPELINES[(family, request.mode)])
+        pipeline = self._pipeline(run, family, request.mode)
         kwargs: dict[str, Any] = {"width": request.width, "height": request.height}
         if request.mode == "img2img":
             init = request.init_image.convert("RGB").resize((request.width, request.height), Image.LANCZOS)
             kwargs = {"image": init, "strength": request.denoising_strength}
+        kwargs.update(self._control_inputs(run, request.mode))
         return self._call(pipeline, run, seeds, kwargs)
 
     def _run_inpaint(self, run: _Run, seeds: list[int], *, full_mask: bool = False) -> list[Image.Image]:
         request, model = run.request, run.model
         family = "sdxl" if model.architecture in SDXL_ARCHITECTURES else "sd15"
-        pipeline = model.variant(_PIPELINES[(family, "inpaint")])
+        pipeline = self._pipeline(run, family, "inpaint")
         if full_mask:
             size = (request.width, request.height)
             original = (
@@ -164,19 +198,19 @@ class Engine:
             mask = Image.new("L", size, 255)
             strength = request.denoising_strength if request.init_image is not None else 1.0
             kwargs = {"image": original, "mask_image": mask, "strength": strength, **_size(request)}
+            kwargs.update(self._control_inputs(run, "inpaint"))
             return self._call(pipeline, run, seeds, kwargs)
 
         original = request.init_image.convert("RGB")
         mask = masks.prepare_mask(request.mask, original.size, request.mask_blur, invert=request.mask_invert)
+        size = (request.width, request.height)
         if request.inpaint_only_masked:
             region = masks.get_crop_region(mask, request.inpaint_padding)
             region = masks.expand_crop_region(region, request.width, request.height, *original.size)
-            work_image = original.crop(region).resize((request.width, request.height), Image.LANCZOS)
-            work_mask = mask.crop(region).resize((request.width, request.height), Image.LANCZOS)
         else:
-            region = None
-            work_image = original.resize((request.width, request.height), Image.LANCZOS)
-            work_mask = mask.resize((request.width, request.height), Image.LANCZOS)
+            region = (0, 0, *original.size)
+        work_image = masks.crop_to_region(original, region, size)
+        work_mask = masks.crop_to_region(mask, region, size)
         if request.inpainting_fill == "fill":
             work_image = masks.fill_masked(work_image, work_mask)
         kwargs: dict[str, Any] = {
@@ -187,19 +221,79 @@ class Engine:
         }
         if request.inpainting_fill in ("latent noise", "latent nothing"):
             kwargs.update(self._latent_fill_inputs(pipeline, work_image, work_mask, request, seeds))
+        kwargs.update(self._control_inputs(run, "inpaint", crop=(region, original.size)))
         generated = self._call(pipeline, run, seeds, kwargs)
-        results = []
-        for image in generated:
-            if region is not None:
-                x0, y0, x1, y1 = region
-                pasted = original.copy()
-                pasted.paste(image.resize((x1 - x0, y1 - y0), Image.LANCZOS), (x0, y0))
-                image = pasted
+        # Outside the blurred mask the customer's photo comes back untouched, pixel for pixel.
+        return [masks.paste_region(original, image, region, mask) for image in generated]
+
+    # -- ControlNet ------------------------------------------------------------------------------------------
+
+    def _load_controls(self, request: GenerationRequest, model: LoadedModel) -> list[ResolvedControl]:
+        controls = []
+        for index, unit in enumerate(request.controlnet_units):
+            field_name = f"controlnet_units[{index}].model"
+            if self.controlnets is not None:
+                path = self.controlnets.resolve(unit.model, field=field_name)
             else:
-                image = image.resize(original.size, Image.LANCZOS)
-            # Outside the blurred mask the customer's photo comes back untouched, pixel for pixel.
-            results.append(masks.composite_over_original(original, image, mask))
-        return results
+                path = Path(unit.model)
+                if not path.exists():
+                    raise NotFoundError(f"ControlNet model not found: {unit.model}", field=field_name)
+            try:
+                if needs_model(unit.module):
+                    model_folder(unit.module, self.preprocessor_models)
+                net = self.controlnet_models.get(path, device=self.device, dtype=self.dtype)
+            except AtelierError as exc:
+                exc.field = f"controlnet_units[{index}].{exc.field or 'model'}"
+                raise
+            check_matches_base(net, model.pipeline.unet.config, model.name, field=field_name)
+            controls.append(ResolvedControl(index, unit, net))
+        return controls
+
+    def _pipeline(self, run: _Run, family: str, mode: str) -> Any:
+        if not run.active_controls:
+            return run.model.variant(_PIPELINES[(family, mode)])
+        return controlnet_pipeline(
+            run.model.pipeline, _CONTROLNET_PIPELINES[(family, mode)], run.active_controls
+        )
+
+    def _control_inputs(
+        self, run: _Run, pipeline_mode: str, *, crop: tuple[masks.Region, tuple[int, int]] | None = None
+    ) -> dict[str, Any]:
+        """Control maps and per-unit settings for the ControlNet pipeline (``crop``: the inpainting region)."""
+        request = run.request
+        if run.control_maps is None:
+            run.control_maps = []
+            for control in run.controls:
+                source, unit_crop = control.unit.image, crop
+                if source is None:
+                    # A1111 controls img2img with the init image itself, laid over the photo exactly as it is.
+                    source = request.init_image
+                    unit_crop = crop or ((0, 0, *source.size), source.size)
+                try:
+                    control_map = control.unit.control_image(
+                        source,
+                        width=request.width,
+                        height=request.height,
+                        crop=unit_crop,
+                        models_dir=self.preprocessor_models,
+                        device=self.device,
+                    )
+                except AtelierError as exc:
+                    exc.field = f"controlnet_units[{control.index}].{exc.field or 'image'}"
+                    raise
+                run.control_maps.append(control_map)
+        active = [
+            (control, control_map)
+            for control, control_map in zip(run.controls, run.control_maps, strict=True)
+            if control.unit.active
+        ]
+        if not active:
+            return {}
+        return pipeline_inputs(
+            [control for control, _ in active],
+            [control_map for _, control_map in active],
+            image_key="image" if pipeline_mode == "txt2img" else "control_image",
+        )
 
     def _latent_fill_inputs(
         self,
@@ -259,12 +353,13 @@ class Engine:
             "callback_on_step_end": progress.callback(conditioning),
             "callback_on_step_end_tensor_inputs": [],
         }
+        control_modes = control_modes_attached(run.active_controls, cfg=request.cfg_scale > 1.0)
         if refiner is None:
-            with torch.inference_mode(), conditioning.attached(pipeline.unet):
+            with torch.inference_mode(), conditioning.attached(pipeline.unet), control_modes:
                 return pipeline(**call_kwargs, output_type="pil").images
         # Ensemble of expert denoisers: the base stops at the switch point and hands its latents to the refiner.
         call_kwargs["denoising_end"] = request.refiner_switch_at
-        with torch.inference_mode(), conditioning.attached(pipeline.unet):
+        with torch.inference_mode(), conditioning.attached(pipeline.unet), control_modes:
             latents = pipeline(**call_kwargs, output_type="latent").images
         refine_pipeline = refiner.pipeline
         refine_pipeline.scheduler = make_scheduler(sampler, refiner.scheduler_config, schedule_type)
@@ -342,6 +437,8 @@ class Engine:
             if request.mask_invert:
                 params["Mask mode"] = "Inpaint not masked"
             params["Masked content"] = request.inpainting_fill
+        for control in run.controls:
+            params[f"ControlNet {control.index}"] = control.unit.infotext(control.net.label)
         if prompt.loras:
             params["Lora hashes"] = ", ".join(
                 f"{lora.entry.name}: {lora.entry.short_hash}" for lora in prompt.loras
@@ -368,6 +465,13 @@ class _Run:
     sampler: str
     schedule_type: str
     progress: _Progress
+    controls: list[ResolvedControl] = field(default_factory=list)
+    # Made in the first batch, reused by the others: the same units, sizes and crop every time.
+    control_maps: list[Image.Image] | None = None
+
+    @property
+    def active_controls(self) -> list[ResolvedControl]:
+        return [control for control in self.controls if control.unit.active]
 
 
 @dataclass

@@ -8,6 +8,7 @@ from typing import Any
 
 from PIL import Image
 
+from atelier.engine.controlnet import DEFAULT_MAX_UNITS, ControlUnit
 from atelier.errors import AtelierError
 
 MAX_SIDE = 4096
@@ -51,6 +52,8 @@ class GenerationRequest:
     refiner_prompt: str | None = None
     refiner_negative_prompt: str | None = None
     refiner_switch_at: float = 0.8
+    # ControlNet units (sd-webui-controlnet's fields), applied together
+    controlnet_units: list[ControlUnit] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -61,7 +64,7 @@ class GenerationRequest:
             return "img2img"
         return "txt2img"
 
-    def validate(self) -> None:
+    def validate(self, *, max_controlnet_units: int = DEFAULT_MAX_UNITS) -> None:
         """Raise AtelierError naming the first bad field."""
         _int_range("steps", self.steps, 1, 500)
         _int_range("width", self.width, 64, MAX_SIDE)
@@ -99,6 +102,36 @@ class GenerationRequest:
             )
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
             raise AtelierError("prompt and negative prompt must be text", field="prompt")
+        self._validate_controlnet_units(max_controlnet_units)
+
+    def _validate_controlnet_units(self, max_units: int) -> None:
+        if not isinstance(self.controlnet_units, list):
+            raise AtelierError("controlnet_units must be a list of units", field="controlnet_units")
+        if len(self.controlnet_units) > max_units:
+            raise AtelierError(
+                f"{len(self.controlnet_units)} ControlNet units given; at most {max_units} are allowed",
+                field="controlnet_units",
+            )
+        for index, unit in enumerate(self.controlnet_units):
+            if not isinstance(unit, ControlUnit):
+                raise AtelierError(
+                    f"controlnet_units[{index}] is not a ControlNet unit", field="controlnet_units"
+                )
+            unit.validate(index)
+            if unit.image is None and self.init_image is None:
+                raise AtelierError(
+                    f"controlnet_units[{index}].image is missing: txt2img needs a control image for every unit",
+                    field=f"controlnet_units[{index}].image",
+                )
+        if (
+            self.controlnet_units
+            and self.mode == "inpaint"
+            and self.inpainting_fill in ("latent noise", "latent nothing")
+        ):
+            raise AtelierError(
+                f"masked content {self.inpainting_fill!r} cannot be combined with ControlNet; use 'original' or 'fill'",
+                field="inpainting_fill",
+            )
 
     def resolved_seed(self) -> int:
         """Seed -1 means random, as in A1111."""
@@ -107,7 +140,9 @@ class GenerationRequest:
     def to_params(self) -> dict[str, Any]:
         """JSON-safe parameters (images left out) for sidecars and job payloads."""
         skipped = {"init_image", "mask"}
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skipped}
+        params = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skipped}
+        params["controlnet_units"] = [unit.to_params() for unit in self.controlnet_units]
+        return params
 
 
 def _int_range(name: str, value: Any, low: int, high: int) -> None:

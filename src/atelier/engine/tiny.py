@@ -3,6 +3,10 @@
 They keep everything that makes latent-size and conditioning bugs visible: a 4-block VAE (8x downscale), the
 real UNet block layout per architecture, SDXL's two text encoders and its size/crop conditioning, the inpainting
 UNet's 9 input channels. Only widths and depths are shrunk. A marker file labels them "demo: random weights".
+
+Tiny ControlNets are derived from the tiny UNets (diffusers' ``ControlNetModel.from_unet``). A real ControlNet
+starts with zero output convolutions and does nothing until trained; the tiny ones get seeded random weights
+there, so that tests can see their effect.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from atelier.engine.architectures import ARCHITECTURES, DEMO_LABEL, DEMO_MARKER, config_dir
+from atelier.engine.controlnet import CONTROLNET_ARCHITECTURES
 from atelier.engine.tokenizer import build_demo_tokenizer
 from atelier.errors import AtelierError
 
@@ -167,19 +172,57 @@ def build_tiny_pipeline(arch: str, tokenizer_dir: str | os.PathLike[str]):
     )
 
 
+# Large enough to change a tiny model's picture visibly, small enough to keep its latents in range.
+TINY_CONTROLNET_OUTPUT_STD = 0.1
+
+
+def build_tiny_controlnet(arch: str):
+    """A ControlNet shaped like the tiny SD 1.5 or SDXL UNet, with non-zero (seeded) output convolutions."""
+    import torch
+    from diffusers import ControlNetModel
+
+    if arch not in CONTROLNET_ARCHITECTURES:
+        raise AtelierError(
+            f"unknown ControlNet architecture {arch!r}; choose one of {', '.join(CONTROLNET_ARCHITECTURES)}",
+            field="arch",
+        )
+    torch.manual_seed(TINY_SEED)
+    if arch == "controlnet-sd15":
+        unet = _tiny_sd15_unet(4)
+    else:
+        unet = _tiny_sdxl_unet(cross_attention_dim=32 + TINY_TE2_WIDTH, time_inputs=6)
+    # Three stride-2 convolutions bring the control image to latent size (8x down), as in real ControlNets.
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
+    zero_initialised = [
+        controlnet.controlnet_cond_embedding.conv_out,
+        *controlnet.controlnet_down_blocks,
+        controlnet.controlnet_mid_block,
+    ]
+    generator = torch.Generator().manual_seed(TINY_SEED)
+    with torch.no_grad():
+        for conv in zero_initialised:
+            for parameter in conv.parameters():
+                parameter.copy_(
+                    torch.randn(parameter.shape, generator=generator) * TINY_CONTROLNET_OUTPUT_STD
+                )
+    return controlnet
+
+
 def create_tiny_model(arch: str, out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """Write a tiny random-weight model of ``arch`` as a diffusers folder (safetensors) at ``out_dir``."""
+    """Write a tiny random-weight model (or ControlNet) of ``arch`` as a diffusers folder (safetensors)."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise AtelierError(f"{out} already exists and is not empty", field="dir")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-tiny-", dir=out.parent))
     try:
-        tokenizer_dir = staging / "_tokenizer"
-        build_demo_tokenizer(tokenizer_dir)
-        pipeline = build_tiny_pipeline(arch, tokenizer_dir)
         target = staging / "model"
-        pipeline.save_pretrained(str(target), safe_serialization=True)
+        if arch in CONTROLNET_ARCHITECTURES:
+            build_tiny_controlnet(arch).save_pretrained(str(target), safe_serialization=True)
+        else:
+            tokenizer_dir = staging / "_tokenizer"
+            build_demo_tokenizer(tokenizer_dir)
+            build_tiny_pipeline(arch, tokenizer_dir).save_pretrained(str(target), safe_serialization=True)
         marker = {"label": DEMO_LABEL, "architecture": arch, "note": "tiny model with random weights"}
         (target / DEMO_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         if out.exists():

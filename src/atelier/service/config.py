@@ -111,10 +111,6 @@ class StudioConfig:
         config.validate()
         return config
 
-    @property
-    def uses_local_storage(self) -> bool:
-        return "://" not in self.storage_url or self.storage_url.startswith("file://")
-
     def validate(self) -> None:
         """Raise :class:`AtelierError` naming the first setting that cannot work."""
         _whole("port", self.port, 0, 65535)

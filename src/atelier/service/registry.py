@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -32,6 +32,8 @@ REGISTRY_SCHEMA_VERSION = 1
 MODEL_KINDS = ("checkpoint", "lora")
 MODEL_SOURCES = ("upload", "training", "demo")
 MODEL_SUFFIX = ".safetensors"
+MAX_METADATA_KEYS = 64
+MAX_METADATA_VALUE = 2000
 # Characters that would break a `<lora:name:w>` tag or a file name on some system.
 _FORBIDDEN_NAME_CHARACTERS = re.compile(r"[<>:\"/\\|?*\x00-\x1f]")
 
@@ -67,6 +69,8 @@ class ModelFileInfo:
     sha256: str
     lora_hash: str | None
     size: int
+    # A LoRA's safetensors metadata (kohya's ss_* training notes), shown by A1111's /sdapi/v1/loras.
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -113,16 +117,16 @@ class ModelRecord:
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe values, datetimes as ISO 8601 strings, plus the derived title and display name."""
         out: dict[str, Any] = {}
-        for field in fields(self):
-            value = getattr(self, field.name)
-            out[field.name] = value.isoformat() if isinstance(value, datetime) else value
+        for item in fields(self):
+            value = getattr(self, item.name)
+            out[item.name] = value.isoformat() if isinstance(value, datetime) else value
         out["title"] = self.title
         out["display_name"] = self.display_name
         out["short_hash"] = self.short_hash
         return out
 
 
-_RECORD_FIELDS = tuple(field.name for field in fields(ModelRecord))
+_RECORD_FIELDS = tuple(item.name for item in fields(ModelRecord))
 
 
 def _record(row: sa.Row[Any]) -> ModelRecord:
@@ -185,11 +189,29 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelFileInfo:
         except AtelierError:
             raise AtelierError(str(checkpoint_problem), field="file") from None
         return ModelFileInfo(
-            "lora", family, family, model_sha256(path), lora_sha256(path), path.stat().st_size
+            "lora",
+            family,
+            family,
+            model_sha256(path),
+            lora_sha256(path),
+            path.stat().st_size,
+            _lora_metadata(path),
         )
     return ModelFileInfo(
         "checkpoint", architecture, base_family(architecture), model_sha256(path), None, path.stat().st_size
     )
+
+
+def _lora_metadata(path: Path) -> dict[str, str]:
+    from atelier.engine.models import read_safetensors_header
+
+    metadata = read_safetensors_header(path).get("__metadata__") or {}
+    # Tag frequencies and dataset dumps can be megabytes; the listing keeps what fits in a glance.
+    return {
+        str(key): value
+        for key, value in list(metadata.items())[:MAX_METADATA_KEYS]
+        if isinstance(value, str) and len(value) <= MAX_METADATA_VALUE
+    }
 
 
 class ModelRegistry:
@@ -238,7 +260,7 @@ class ModelRegistry:
             "version": version,
             "source": source,
             "label": label,
-            "details": dict(details or {}),
+            "details": {**({"metadata": info.metadata} if info.metadata else {}), **(details or {})},
             "updated_at": now,
         }
         try:

@@ -579,7 +579,10 @@ class LoraRecipe:
                 self.warn(
                     f"8-bit AdamW is not available ({problem}); using torch AdamW, which needs more memory"
                 )
-        optimizer = optimizer_class(groups, lr=config.learning_rate)
+        # foreach: one batched kernel per group instead of a Python loop over hundreds of small LoRA tensors
+        # (torch only picks it by itself on GPUs; on CPUs it makes the optimizer step several times faster).
+        extra = {"foreach": True} if optimizer_class is torch.optim.AdamW else {}
+        optimizer = optimizer_class(groups, lr=config.learning_rate, **extra)
         self.lr_scheduler = get_scheduler(
             config.lr_scheduler,
             optimizer,

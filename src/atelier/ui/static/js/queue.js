@@ -1,0 +1,106 @@
+// The Queue tab: every job (generate and train) with its state, progress, owner and timing; cancel from here.
+
+import { api } from "./api.js";
+import { $, describeJob, formatDuration, formatTime, h, progressBar, secondsBetween, shortId, stateBadge, toast } from "./dom.js";
+
+const PAGE_SIZE = 50;
+const REFRESH_MS = 1500;
+let page = 0;
+let hasOlder = false;
+let timer = null;
+let loading = false;
+
+async function cancel(job, button) {
+  button.disabled = true;
+  try {
+    await api.post(`/api/jobs/${job.id}/cancel`);
+    await refreshQueue();
+  } catch (error) {
+    toast(error.message, "error");
+    button.disabled = false;
+  }
+}
+
+function row(job) {
+  const active = job.state === "queued" || job.state === "running";
+  const progress = h(
+    "td",
+    { class: "progress-cell" },
+    job.state === "running" || job.state === "succeeded" ? progressBar(job.progress, `Progress of job ${shortId(job.id)}`) : null,
+    h("span", { class: "cell-note" }, describeJob(job)),
+  );
+  const waited = secondsBetween(job.created_at, job.started_at || (job.state === "queued" ? null : job.finished_at));
+  const ran = job.started_at ? secondsBetween(job.started_at, job.finished_at) : null;
+  const actions = h("td", { class: "actions-cell" });
+  if (active && !job.cancel_requested) {
+    const button = h("button", { type: "button", class: "btn btn-quiet btn-danger btn-small", "aria-label": `Cancel job ${shortId(job.id)}` }, "Cancel");
+    button.addEventListener("click", () => cancel(job, button));
+    actions.append(button);
+  }
+  return h(
+    "tr",
+    { "data-job": job.id, "data-state": job.state },
+    h("td", {}, h("code", { title: job.id }, shortId(job.id))),
+    h("td", {}, job.kind),
+    h("td", {}, stateBadge(job.state)),
+    progress,
+    h("td", {}, job.owner || "—"),
+    h("td", {}, formatTime(job.created_at)),
+    h("td", { class: "numeric" }, formatDuration(waited)),
+    h("td", { class: "numeric" }, formatDuration(ran)),
+    actions,
+  );
+}
+
+export async function refreshQueue() {
+  if (loading) return;
+  loading = true;
+  const error = $("#queue-error");
+  try {
+    const { jobs } = await api.get("/api/jobs", {
+      query: { state: $("#q-state").value, kind: $("#q-kind").value, limit: PAGE_SIZE + 1, offset: page * PAGE_SIZE },
+    });
+    error.textContent = "";
+    hasOlder = jobs.length > PAGE_SIZE;
+    const shown = jobs.slice(0, PAGE_SIZE);
+    $("#queue-table tbody").replaceChildren(
+      ...(shown.length ? shown.map(row) : [h("tr", {}, h("td", { colspan: "9", class: "muted" }, "No jobs match."))]),
+    );
+  } catch (problem) {
+    error.textContent = problem.message;
+  } finally {
+    loading = false;
+  }
+  const pager = $("#queue-pager");
+  pager.querySelector("[data-page=newer]").disabled = page === 0;
+  pager.querySelector("[data-page=older]").disabled = !hasOlder;
+  pager.querySelector(".pager-label").textContent = `Page ${page + 1}`;
+}
+
+/** Refresh live while the tab is shown, and stop when it is left. */
+export function setQueueVisible(visible) {
+  clearInterval(timer);
+  timer = null;
+  if (visible) {
+    refreshQueue();
+    timer = setInterval(refreshQueue, REFRESH_MS);
+  }
+}
+
+export function initQueue() {
+  for (const select of [$("#q-state"), $("#q-kind")]) {
+    select.addEventListener("change", () => {
+      page = 0;
+      refreshQueue();
+    });
+  }
+  const pager = $("#queue-pager");
+  pager.querySelector("[data-page=newer]").addEventListener("click", () => {
+    page = Math.max(0, page - 1);
+    refreshQueue();
+  });
+  pager.querySelector("[data-page=older]").addEventListener("click", () => {
+    page += 1;
+    refreshQueue();
+  });
+}
