@@ -237,8 +237,8 @@ OUTSIDE,../elsewhere.png,,belt,black
     assert [(r["sku"], r["scene"], r["prompt"]) for r in manifest_lines(out)] == [
         ("GOOD", "forest", "a red parka in a misty forest")
     ]
-    assert "made 1 images, 0 already done, 13 not made" in result.out
-    assert "6 row(s) with problems: GOOD, NOPHOTO, NOCOLOR, SMALLMASK, ../escape, OUTSIDE" in result.out
+    assert "made 1 image, 0 already done, 13 not made" in result.out
+    assert "6 rows with problems: GOOD, NOPHOTO, NOCOLOR, SMALLMASK, ../escape, OUTSIDE" in result.out
 
 
 def test_an_interrupted_batch_resumes_and_new_seeds_add_only_their_images(tmp_path, tiny_models):
@@ -401,7 +401,7 @@ def decode(text: str) -> Image.Image:
 @pytest.fixture
 def studio(engine, tiny_models) -> Iterator[FakeStudio]:
     server = FakeStudio(engine, tiny_models("sd15"))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield server
     server.shutdown()

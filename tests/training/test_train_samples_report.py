@@ -53,6 +53,8 @@ def test_unknown_options_warn_and_bad_numbers_fail() -> None:
         parse_sample_prompt("shoe --w wide")
     with pytest.raises(AtelierError, match="has no prompt"):
         parse_sample_prompt(" --w 512")
+    with pytest.raises(AtelierError, match="cannot use <lora:...> tags"):
+        parse_sample_prompt("oue car <lora:other:0.5> --d 1")
 
 
 def test_prompt_files_skip_comments_and_blank_lines(tmp_path: Path) -> None:

@@ -73,6 +73,21 @@ SCENE_KEYS = (
     "inpainting_fill",
 )
 _LORA_KEYS = ("name", "weight")
+# The GenerationRequest fields Scene.request sets: the settings that make one catalog image differ from another.
+HASHED_SETTINGS = (
+    "prompt",
+    "negative_prompt",
+    "sampler",
+    "steps",
+    "cfg_scale",
+    "seed",
+    "width",
+    "height",
+    "denoising_strength",
+    "mask_blur",
+    "inpaint_only_masked",
+    "inpainting_fill",
+)
 
 
 # -- scenes ------------------------------------------------------------------------------------------------------
@@ -756,9 +771,12 @@ def request_hash(
     image_sha256: str | None,
     mask_sha256: str | None,
 ) -> str:
-    """The identity of one image: what it shows (every setting and input) and where it goes (SKU, scene)."""
-    params = request.to_params()
-    params.pop("model")  # the path differs between machines and modes; the checkpoint's hash does not
+    """The identity of one image: what it shows (every setting and input) and where it goes (SKU, scene).
+
+    Only the settings a scene controls are hashed, so a new engine option with a default (or a model path
+    that differs between machines) leaves finished batches finished.
+    """
+    params = {name: getattr(request, name) for name in HASHED_SETTINGS}
     payload = {
         "sku": sku,
         "scene": scene,
@@ -814,7 +832,7 @@ def _check_row(row: CatalogRow, first_line: dict[str, int]) -> None:
             f"the same sku is on line {first_line[row.sku]}; each sku must be unique", field="sku"
         )
     if row.extra_values:
-        raise AtelierError("the line has more values than the header has columns", field="sku")
+        raise AtelierError("the line has more values than the header has columns")
 
 
 def plan_batch(

@@ -102,12 +102,14 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(backend, StudioBackend):
             backend.close()
 
+    made = len(summary.generated)
     print(
-        f"made {len(summary.generated)} images, {summary.done_before} already done, "
+        f"made {made} image{'' if made == 1 else 's'}, {summary.done_before} already done, "
         f"{summary.failed_images} not made"
     )
     if summary.problems:
-        print(f"{len(summary.failed_skus)} row(s) with problems: {', '.join(summary.failed_skus)}")
+        rows = len(summary.failed_skus)
+        print(f"{rows} row{'' if rows == 1 else 's'} with problems: {', '.join(summary.failed_skus)}")
     if not args.no_sheet and plan.manifest.records:
         print(f"wrote {build_contact_sheet(args.out)}")
     return 0 if summary.succeeded else 1

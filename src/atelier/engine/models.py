@@ -194,7 +194,9 @@ class LoadedModel:
             import diffusers
 
             cls = getattr(diffusers, pipeline_class_name)
-            self._variants[pipeline_class_name] = cls.from_pipe(self.pipeline)
+            variant = cls.from_pipe(self.pipeline)
+            variant.set_progress_bar_config(disable=True)
+            self._variants[pipeline_class_name] = variant
         return self._variants[pipeline_class_name]
 
 

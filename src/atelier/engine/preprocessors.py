@@ -249,7 +249,8 @@ def _resize_map(detected: np.ndarray, width: int, height: int) -> np.ndarray:
 
     if detected.shape[:2] == (height, width):
         return detected
-    colours = len(np.unique(detected.reshape(-1, detected.shape[2]), axis=0))
+    rgb = detected.reshape(-1, 3).astype(np.uint32)
+    colours = len(np.unique((rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]))
     binary = colours == 2 and detected.min() < 16 and detected.max() > 240
     if 2 < colours < 200:
         interpolation = cv2.INTER_NEAREST

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from atelier.errors import AtelierError
+from atelier.prompts.parser import extract_loras
 
 DEFAULT_SIZE = 512
 DEFAULT_STEPS = 30
@@ -93,6 +94,13 @@ def parse_sample_prompt(line: str, *, warn: Callable[[str], None] | None = None)
             warn(f"sample prompt option --{option} is not supported and was ignored: {line}")
     if not values["prompt"]:
         raise AtelierError(f"sample prompt line has no prompt: {line!r}", field="sample_prompts")
+    # Found now rather than at the first sample, hours into a run: samples have no LoRA folder to draw from.
+    for text in (values["prompt"], values.get("negative_prompt", "")):
+        if extract_loras(text)[1]:
+            raise AtelierError(
+                f"sample prompts cannot use <lora:...> tags (the LoRA being trained is applied already): {line}",
+                field="sample_prompts",
+            )
     return SamplePrompt(**values)
 
 

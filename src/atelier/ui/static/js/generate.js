@@ -68,7 +68,7 @@ function renderCatalog() {
   const checkpoints = catalog.checkpoints.filter((model) => model.architecture !== "sdxl-refiner");
   fillSelect(
     field.model,
-    checkpoints.map((model) => [model.name, `${model.display_name} · ${model.architecture}`]),
+    checkpoints.map((model) => [model.name, `${model.name} · ${model.architecture}${model.source === "demo" ? " · demo" : ""}`]),
     field.model.value || catalog.currentModel,
   );
   fillSelect(field.lora, [

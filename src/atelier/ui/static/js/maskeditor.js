@@ -15,7 +15,7 @@ export class MaskEditor extends EventTarget {
     this.context = this.canvas.getContext("2d", { willReadFrequently: true });
     this.tool = "brush";
     this.brushSize = 36;
-    this.readOnly = false;
+    this.readOnlyValue = false;
     this.undoStack = [];
     this.last = null;
     this.painted = false;
@@ -28,6 +28,16 @@ export class MaskEditor extends EventTarget {
     });
   }
 
+  get readOnly() {
+    return this.readOnlyValue;
+  }
+
+  /** An uploaded mask is shown, not painted on. */
+  set readOnly(value) {
+    this.readOnlyValue = value;
+    this.container.dataset.readonly = String(value);
+  }
+
   get hasImage() {
     return this.canvas.width > 0 && this.container.dataset.empty !== "true";
   }
@@ -37,7 +47,7 @@ export class MaskEditor extends EventTarget {
     this.image.src = url;
     this.canvas.width = width;
     this.canvas.height = height;
-    this.container.style.setProperty("--aspect", `${width} / ${height}`);
+    this.container.style.setProperty("--ratio", String(width / height));
     this.container.dataset.empty = "false";
     this.clear({ remember: false });
     this.undoStack = [];

@@ -12,7 +12,7 @@ import { zipFiles } from "./zip.js";
 // Options under kohya-ss sd-scripts' names, as POST /api/train takes them in "config". Empty means "the
 // preset's value", so only what the user set is sent.
 const MAIN_OPTIONS = [
-  { key: "learning_rate", label: "Learning rate", type: "float", placeholder: "1e-4" },
+  { key: "learning_rate", label: "Learning rate", type: "float" },
   { key: "network_dim", label: "Network rank (dim)", type: "int" },
   { key: "network_alpha", label: "Network alpha", type: "float" },
   { key: "resolution", label: "Resolution (px)", type: "int" },
@@ -81,8 +81,9 @@ function optionField(option) {
   return h(
     "div",
     { class: `field${option.wide ? " span-all" : ""}`, "data-field": option.key },
-    h("label", { for: id }, option.label, " ", h("code", { class: "option-key" }, option.key)),
+    h("label", { for: id }, option.label),
     input,
+    h("code", { class: "option-key" }, option.key),
   );
 }
 
@@ -97,6 +98,7 @@ function lengthField() {
       h("input", { id: "t-length", type: "text", inputmode: "numeric", placeholder: "preset default", autocomplete: "off" }),
       h("select", { id: "t-length-unit", "aria-label": "Unit of the training length" }, h("option", { value: "epochs" }, "epochs"), h("option", { value: "steps" }, "steps")),
     ),
+    h("code", { class: "option-key" }, "max_train_epochs / max_train_steps"),
   );
 }
 
@@ -208,7 +210,7 @@ function renderBases() {
   const select = $("#t-base");
   const previous = select.value || catalog.currentModel;
   const bases = catalog.checkpoints.filter((model) => model.architecture === "sd15" || model.architecture === "sdxl");
-  select.replaceChildren(...bases.map((model) => h("option", { value: model.name, "data-arch": model.architecture }, `${model.display_name} · ${model.architecture}`)));
+  select.replaceChildren(...bases.map((model) => h("option", { value: model.name, "data-arch": model.architecture }, `${model.name} · ${model.architecture}${model.source === "demo" ? " · demo" : ""}`)));
   if (bases.some((model) => model.name === previous)) select.value = previous;
   choosePresetForBase();
 }

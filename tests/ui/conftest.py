@@ -1,0 +1,156 @@
+"""A real studio on a loopback port (demo model, one in-process worker) and headless Chromium driving its page.
+
+Chromium is Debian's package (``apt-get install -y chromium``), driven by the ``playwright`` package; no
+browser is ever downloaded. Screenshots go to ``test-artifacts/ui/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "ui"
+# Short leases and polls, so cancels and progress show within a fraction of a second.
+FAST = {
+    "lease_seconds": 2.0,
+    "poll_seconds": 0.01,
+    "progress_seconds": 0.1,
+    "settle_seconds": 0.2,
+    "watch_seconds": 0.1,
+}
+
+
+@dataclass
+class RunningStudio:
+    url: str
+    server: Any
+    client: httpx.Client
+
+    def latest_job(self, kind: str = "generate") -> dict[str, Any]:
+        return self.client.get("/api/jobs", params={"kind": kind, "limit": 1}).json()["jobs"][0]
+
+    def download(self, key: str) -> bytes:
+        response = self.client.get(f"/api/files/{key}")
+        response.raise_for_status()
+        return response.content
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def png_bytes(image: Any, parameters: str | None = None) -> bytes:
+    from PIL import PngImagePlugin
+
+    info = None
+    if parameters is not None:
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", parameters)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+@pytest.fixture(scope="session")
+def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStudio]:
+    """``atelier serve`` as the lead wires it (API + UI), with the demo model and one worker thread."""
+    import torch
+
+    from atelier.service.config import StudioConfig
+    from atelier.service.server import StudioServer
+    from atelier.service.worker import Worker
+    from atelier.ui import mount_ui
+
+    torch.set_num_threads(1)
+    config = StudioConfig.for_data_dir(tmp_path_factory.mktemp("ui") / "data", port=0, max_workers=0, **FAST)
+    server = StudioServer(config, log_level="warning")
+    mount_ui(server.app)
+    url = server.start()
+    parts = server.studio
+    worker = Worker(
+        config=parts.config,
+        store=parts.store,
+        storage=parts.storage,
+        registry=parts.registry,
+        ledger=parts.ledger,
+        settings=parts.settings,
+    )
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            yield RunningStudio(url=url, server=server, client=client)
+    finally:
+        worker.stop(abandon_current=True)
+        thread.join(timeout=60)
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    if shutil.which(CHROMIUM) is None:
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's package with 'apt-get install -y chromium'")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def open_page(browser: Any, studio: RunningStudio) -> Iterator[Callable[..., Any]]:
+    """open_page(tab="txt2img", width=1366, height=768) -> a loaded page; fails the test on any script error."""
+    contexts = []
+    errors: list[str] = []
+
+    def _open(tab: str = "txt2img", width: int = 1366, height: int = 768, ready: str = "true") -> Any:
+        context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{studio.url}/#{tab}")
+        page.wait_for_selector(f"body[data-ready={ready}]")
+        return page
+
+    yield _open
+    for context in contexts:
+        context.close()
+    assert not errors, f"the page raised: {errors}"
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
