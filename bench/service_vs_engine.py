@@ -74,7 +74,13 @@ def measure_latency(*, size: int, steps: int, runs: int, threads: int) -> dict:
         "sampler_name": "Euler a",
     }
     request = GenerationRequest(
-        prompt=PROMPT, negative_prompt=NEGATIVE, model=str(model_path), steps=steps, width=size, height=size, seed=7
+        prompt=PROMPT,
+        negative_prompt=NEGATIVE,
+        model=str(model_path),
+        steps=steps,
+        width=size,
+        height=size,
+        seed=7,
     )
     engine = Engine(device="cpu")
     try:
@@ -136,13 +142,19 @@ def measure_throughput(url: str, *, jobs: int, claimers: int) -> dict:
     start_at = time.time() + 2.0  # every process connected before the clock starts
     with context.Pool(claimers) as pool:
         results = [
-            pool.apply_async(_claim_until_empty, (url, f"bench-{index}", start_at)) for index in range(claimers)
+            pool.apply_async(_claim_until_empty, (url, f"bench-{index}", start_at))
+            for index in range(claimers)
         ]
         counts = [result.get() for result in results]
     elapsed = time.time() - start_at
     if sum(counts) != jobs:
         raise SystemExit(f"claimed {sum(counts)} jobs of {jobs}: the queue lost or duplicated jobs")
-    return {"jobs": jobs, "claimers": claimers, "submit_per_s": jobs / submitted, "jobs_per_s": jobs / elapsed}
+    return {
+        "jobs": jobs,
+        "claimers": claimers,
+        "submit_per_s": jobs / submitted,
+        "jobs_per_s": jobs / elapsed,
+    }
 
 
 def postgres_schema_url(base_url: str) -> tuple[str, str] | None:
@@ -167,7 +179,9 @@ def drop_schema(base_url: str, schema: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20)

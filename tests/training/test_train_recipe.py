@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import zipfile
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +188,8 @@ def test_sdxl_lora_with_both_text_encoders_loads_in_diffusers_from_both_files(
     from diffusers import StableDiffusionXLPipeline
 
     model = tiny_models("sdxl")
-    config = _config(sdxl=True, max_token_length=150)
+    # No seed: one is drawn and recorded, so the run can be repeated.
+    config = _config(sdxl=True, max_token_length=150, seed=None)
     result = train_lora(config, data=_dataset(tmp_path / "data"), base_model=model, out_dir=tmp_path / "run")
 
     tensors, metadata = _kohya_file(result.output_file)
@@ -203,6 +205,7 @@ def test_sdxl_lora_with_both_text_encoders_loads_in_diffusers_from_both_files(
     )
     assert metadata["ss_base_model_version"] == "sdxl_base_v1-0"
     assert all(metadata.get(key) not in (None, "") for key in REQUIRED_METADATA)
+    assert metadata["ss_seed"] == str(result.summary["effective"]["seed"])
 
     _same_picture_from_both_files(StableDiffusionXLPipeline, model, result.output_file, result.diffusers_file)
 
@@ -292,8 +295,6 @@ def _zip(path: Path, entries: dict[str, bytes]) -> Path:
 
 
 def _png_bytes() -> bytes:
-    from io import BytesIO
-
     buffer = BytesIO()
     Image.new("RGB", (64, 64), (10, 20, 30)).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -371,3 +372,49 @@ def test_a_used_run_folder_needs_resume_and_resume_needs_state(tiny_models, tmp_
     with pytest.raises(AtelierError, match="no saved training state"):
         train_lora(_config(), data=data, base_model=model, out_dir=tmp_path / "run", resume=True)
     assert [path.name for path in (tmp_path / "run").iterdir()] == ["old.txt"]
+
+
+def test_the_seed_workflow_zip_dataset_toml_and_sd15_preset(
+    tiny_models, tmp_path: Path, seed_dataset_toml: str
+) -> None:
+    """The first seed: training_data.zip with sample/ (6 photos of 512x704, .txt captions), its dataset.toml and
+    its kohya settings (the sd15-lora preset), shortened to one step."""
+    archive = tmp_path / "training_data.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for index in range(1, 7):
+            pixels = np.random.default_rng(index).integers(0, 255, (704, 512, 3), dtype=np.uint8)
+            buffer = BytesIO()
+            Image.fromarray(pixels).save(buffer, format="PNG")
+            bundle.writestr(f"images/sample/{index}.png", buffer.getvalue())
+            bundle.writestr(f"images/sample/{index}.txt", f"wta woman, photo {index}, smiling\n")
+    (tmp_path / "dataset.toml").write_text(seed_dataset_toml, encoding="utf-8")
+    config = load_train_config(
+        preset="sd15-lora",
+        overrides={"max_train_epochs": None, "max_train_steps": 1, "max_data_loader_n_workers": 0, "seed": 2},
+    )
+
+    result = train_lora(
+        config,
+        data=archive,
+        base_model=tiny_models("sd15"),
+        out_dir=tmp_path / "run",
+        dataset_config=tmp_path / "dataset.toml",
+    )
+
+    tensors, metadata = _kohya_file(result.output_file)
+    assert (metadata["ss_network_dim"], metadata["ss_network_alpha"]) == ("64", "32.0")
+    assert (metadata["ss_clip_skip"], metadata["ss_max_token_length"], metadata["ss_noise_offset"]) == (
+        "2",
+        "225",
+        "0.1",
+    )
+    assert metadata["ss_num_train_images"] == "60" and metadata["ss_resolution"] == "(512, 512)"
+    assert tensors["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"].shape[0] == 64
+    # One step moved the zero-initialised up weights of UNet and text encoder through gradient checkpointing.
+    assert tensors["lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight"].abs().max() > 0
+    assert tensors["lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight"].abs().max() > 0
+    effective = result.summary["effective"]
+    assert effective["optimizer"] == "torch.optim.AdamW" and effective["latent_cache"] == "memory"
+    warnings = " ".join(result.summary["warnings"])
+    assert "8-bit AdamW is not available" in warnings and "needs a GPU" in warnings
+    assert list(result.summary["dataset"]["folders"]) == ["sample"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 import zipfile
 
 import numpy as np
@@ -132,7 +133,7 @@ def test_inpaint_with_an_uploaded_mask_keeps_the_unmasked_pixels(open_page, stud
     page.set_input_files("#i-image-file", files=[file_payload("photo.png", png_bytes(source))])
     page.wait_for_selector("#mask-editor[data-empty=false]")
     assert (page.input_value("#g-width"), page.input_value("#g-height")) == ("64", "64")
-    page.check("input[name=mask_source][value=upload]")
+    page.click("label:has(input[name=mask_source][value=upload])")
     page.set_input_files("#i-mask-file", files=[file_payload("mask.png", png_bytes(mask))])
     page.fill("#g-prompt", "a blue label")
     fill(page, {"#g-steps": "2", "#g-seed": "11", "#i-mask-blur": "0", "#g-denoise": "0.9"})
@@ -154,6 +155,7 @@ def test_a_painted_mask_repaints_only_where_the_brush_went(open_page, studio):
     source = photo((96, 64))
     page.set_input_files("#i-image-file", files=[file_payload("photo.png", png_bytes(source))])
     canvas = page.wait_for_selector("#mask-editor[data-empty=false] canvas")
+    canvas.scroll_into_view_if_needed()
     box = canvas.bounding_box()
     # A horizontal stroke across the middle of the picture.
     page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
@@ -188,7 +190,7 @@ def test_cancelling_a_running_job_and_a_queued_one_from_the_queue(open_page, stu
 
     page.click("#tab-queue")
     row = page.wait_for_selector(f"#queue-table tr[data-job='{queued_id}']")
-    assert "position 1" in row.inner_text()
+    assert "next in line" in row.inner_text()
     page.click(f"#queue-table tr[data-job='{queued_id}'] button")
     page.wait_for_selector(f"#queue-table tr[data-job='{queued_id}'][data-state=canceled]")
 
@@ -213,8 +215,8 @@ def test_training_from_images_and_typed_captions_makes_a_lora_for_the_picker(ope
         textarea.fill(f"a {colour} windbreaker")
     page.fill("#t-name", "ui-windbreaker")
     page.fill("#t-trigger", "oue")
-    page.fill("#t-length", "2")
-    page.select_option("#t-length-unit", "steps")
+    # One epoch of four images in batches of two: two steps.
+    page.fill("[data-option=max_train_epochs]", "1")
     page.fill("[data-option=resolution]", "64")
     page.fill("[data-option=train_batch_size]", "2")
     page.fill("[data-option=network_dim]", "4")
@@ -234,6 +236,10 @@ def test_training_from_images_and_typed_captions_makes_a_lora_for_the_picker(ope
     page.wait_for_selector("#t-use-wrap:not([hidden])", timeout=120_000)
     job = studio.latest_job("train")
     assert job["state"] == "succeeded", job["error"]
+    # The upload queued exactly one run: the bucket watcher did not start another for the same zip.
+    time.sleep(3 * studio.server.config.settle_seconds)
+    train_jobs = studio.client.get("/api/jobs", params={"kind": "train"}).json()["jobs"]
+    assert [found["id"] for found in train_jobs] == [job["id"]]
     assert job["result"]["model"]["name"] == "ui-windbreaker"
     assert page.inner_text("#t-run-state") == "succeeded"
     assert page.query_selector_all("#t-loss-chart path.chart-line")

@@ -9,6 +9,7 @@ state; run the same command with ``--resume`` to continue.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import typing
 from pathlib import Path
@@ -84,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue the run saved in the run folder")
     settings = p.add_argument_group("training settings (kohya names; dashes or underscores)")
-    help_texts = {f.name: f.metadata.get("help", "") for f in TrainConfig.__dataclass_fields__.values()}
+    help_texts = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(TrainConfig)}
     for name in FIELD_NAMES:
         if name in _COVERED:
             continue

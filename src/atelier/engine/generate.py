@@ -1,8 +1,9 @@
 """The generation engine: txt2img, img2img, inpainting and SDXL base -> refiner, on diffusers' own pipelines.
 
 Atelier does not fork diffusers' denoising loops. It prepares what they take (prompt embeddings, a scheduler built
-from the A1111 sampler name, per-image generators, inpainting inputs), calls the stock pipeline, and post-processes
-(paste-back over the original photo, infotext). A diffusers user with the same settings gets the same picture.
+from the A1111 sampler name, per-image generators, inpainting inputs, ControlNet maps), calls the stock pipeline
+(its ControlNet variant when units are given), and post-processes (paste-back over the original photo, infotext).
+A diffusers user with the same settings gets the same picture.
 """
 
 from __future__ import annotations

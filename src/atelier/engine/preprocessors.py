@@ -142,6 +142,13 @@ def pixel_perfect_resolution(image_size: tuple[int, int], width: int, height: in
 
 def to_rgb_array(image: Image.Image) -> np.ndarray:
     """HxWx3 uint8; transparency is flattened onto white, where line art is drawn."""
+    if image.mode in ("I", "I;16", "I;16L", "I;16B", "F"):
+        # 16-bit and float maps (depth exports) are stretched to 8 bits, not clipped to white.
+        values = np.asarray(image, dtype=np.float64)
+        values = values - values.min()
+        peak = values.max()
+        gray = (values / peak * 255.0 if peak > 0 else values).round().astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -351,7 +358,10 @@ def _estimate_depth(estimator: Any, pixels: np.ndarray) -> np.ndarray:
     )
     depth = depth[0, 0].cpu().numpy()
     depth = depth - depth.min()
-    return (depth / max(float(depth.max()), 1e-8) * 255.0).clip(0, 255).astype(np.uint8)
+    peak = float(depth.max())
+    if peak > 0:  # a flat prediction stays all black
+        depth = depth / peak
+    return (depth * 255.0).clip(0, 255).astype(np.uint8)
 
 
 @functools.lru_cache(maxsize=2)

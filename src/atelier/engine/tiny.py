@@ -12,6 +12,7 @@ there, so that tests can see their effect.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -193,13 +194,20 @@ def build_tiny_controlnet(arch: str):
         unet = _tiny_sdxl_unet(cross_attention_dim=32 + TINY_TE2_WIDTH, time_inputs=6)
     # Three stride-2 convolutions bring the control image to latent size (8x down), as in real ControlNets.
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
+    embedding = controlnet.controlnet_cond_embedding
     zero_initialised = [
-        controlnet.controlnet_cond_embedding.conv_out,
+        embedding.conv_out,
         *controlnet.controlnet_down_blocks,
         controlnet.controlnet_mid_block,
     ]
     generator = torch.Generator().manual_seed(TINY_SEED)
     with torch.no_grad():
+        # With PyTorch's default init the control image fades to a constant over the embedding's SiLU layers;
+        # a He-like gain keeps its content, so the tiny ControlNet follows the picture it is given.
+        for conv in [embedding.conv_in, *embedding.blocks]:
+            fan_in = conv.weight[0].numel()
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 2.0 / math.sqrt(fan_in))
+            conv.bias.zero_()
         for conv in zero_initialised:
             for parameter in conv.parameters():
                 parameter.copy_(

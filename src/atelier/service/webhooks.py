@@ -140,10 +140,13 @@ class WebhookDeliveries:
             .where(deliveries_table.c.state == "waiting", deliveries_table.c.next_attempt_at <= now, finished)
             .order_by(deliveries_table.c.next_attempt_at)
             .limit(limit)
-            .with_for_update(of=deliveries_table, skip_locked=True)
         )
+        # A read-only look first, so an idle dispatcher never takes SQLite's write lock.
+        with self.engine.connect() as conn:
+            if conn.execute(query).first() is None:
+                return []
         with self._write_engine.begin() as conn:
-            ids = list(conn.execute(query).scalars())
+            ids = list(conn.execute(query.with_for_update(of=deliveries_table, skip_locked=True)).scalars())
             if not ids:
                 return []
             # The lease: other dispatchers skip these until the request has had time to finish.

@@ -19,6 +19,7 @@ import gc
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import socket
@@ -505,7 +506,8 @@ class Worker:
                 {
                     "epoch": progress.epoch,
                     "total_epochs": progress.total_epochs,
-                    "loss": progress.loss,
+                    # JSON has no NaN: a diverging run shows no loss rather than breaking its heartbeat.
+                    "loss": progress.loss if math.isfinite(progress.loss) else None,
                     "lr": progress.lr,
                     "it_per_s": progress.it_per_s,
                 },

@@ -139,7 +139,7 @@ def _mixed_precision(requested: str, warn: Callable[[str], None]) -> str:
 
 
 def _make_accelerator(mixed_precision: str) -> Any:
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.state import AcceleratorState, DistributedType
 
     # accelerate keeps one process-wide state and refuses a second Accelerator with another precision; a
@@ -148,7 +148,10 @@ def _make_accelerator(mixed_precision: str) -> Any:
         state = AcceleratorState()
         if state.distributed_type == DistributedType.NO and state.mixed_precision != mixed_precision:
             AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=mixed_precision)
+    # With clip skip (always, for SDXL) the last text-encoder layer is not used, so its LoRA weights get no
+    # gradient; DistributedDataParallel must be told, or multi-GPU runs stop at the first step.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    return Accelerator(mixed_precision=mixed_precision, kwargs_handlers=[ddp])
 
 
 def _weight_dtype(mixed_precision: str) -> torch.dtype:
@@ -473,9 +476,14 @@ class LoraRecipe:
             pipeline.unet.enable_gradient_checkpointing()
             if config.trains_text_encoder:
                 for encoder in self.text_encoders:
-                    encoder.gradient_checkpointing_enable(
-                        gradient_checkpointing_kwargs={"use_reentrant": False}
-                    )
+                    # transformers 5 renamed the method; pyproject allows transformers 4.45+ too.
+                    enable = getattr(encoder, "activation_checkpointing_enable", None)
+                    if enable is not None:
+                        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+                    else:
+                        encoder.gradient_checkpointing_enable(
+                            gradient_checkpointing_kwargs={"use_reentrant": False}
+                        )
         self.attention = self._choose_attention()
 
     def _choose_attention(self) -> str:
@@ -812,7 +820,7 @@ class LoraRecipe:
         while state.step < self.total_steps and state.epoch < self.num_epochs and not stopped:
             epoch = state.epoch
             batches, loader = self._epoch_loader(epoch, state.batches_done)
-            accumulated, micro_steps = 0.0, 0
+            accumulated, micro_steps = torch.zeros((), device=self.device), 0
             for loaded in loader:
                 index = loaded["index"]
                 in_this_step = min(
@@ -821,7 +829,7 @@ class LoraRecipe:
                 )
                 loss = self._loss(batches[index], loaded)
                 accelerator.backward(loss / in_this_step)
-                accumulated += loss.detach().item()
+                accumulated += loss.detach()
                 micro_steps += 1
                 if micro_steps < in_this_step:
                     continue
@@ -832,8 +840,9 @@ class LoraRecipe:
                 if not accelerator.optimizer_step_was_skipped:
                     self.lr_scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                step_loss = accumulated / micro_steps
-                accumulated, micro_steps = 0.0, 0
+                # One host-device sync per optimizer step, for the progress report and the loss curve.
+                step_loss = (accumulated / micro_steps).item()
+                accumulated, micro_steps = torch.zeros((), device=self.device), 0
                 state.step += 1
                 state.batches_done = index + 1
                 state.loss_curve.append([state.step, step_loss])

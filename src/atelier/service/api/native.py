@@ -312,9 +312,11 @@ def build_native_router(config: StudioConfig) -> APIRouter:
         _check_upload_filename(filename, (".zip", ".toml"), "training data")
         key = f"training-data/{filename}"
         if filename.lower().endswith(".toml"):
-            body = await request.body()
-            if len(body) > MAX_CONFIG_BYTES:
-                raise AtelierError(f"{filename} is larger than {MAX_CONFIG_BYTES} bytes", field="file")
+            body = b""
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_CONFIG_BYTES:
+                    raise AtelierError(f"{filename} is larger than {MAX_CONFIG_BYTES} bytes", field="file")
             await run_in_threadpool(_store_train_config, studio, key, body)
             response.status_code = 201
             return {"key": key}

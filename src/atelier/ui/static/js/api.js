@@ -68,9 +68,14 @@ function withQuery(path, query) {
   return text ? `${path}?${text}` : path;
 }
 
+// Requests carry the key in a header and never browser credentials: with credentials, a browser answers the
+// studio's 401 (which offers HTTP basic auth to A1111 clients) with its own login prompt, and the request
+// waits on that prompt instead of coming back to the page.
+const NO_CREDENTIALS = "omit";
+
 /** One API call. JSON answers are parsed; other answers come back as the Response. */
 export async function request(method, path, { json, body, contentType, query, signal } = {}) {
-  const init = { method, headers: authHeaders(), signal };
+  const init = { method, headers: authHeaders(), signal, credentials: NO_CREDENTIALS };
   if (json !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(json);
@@ -96,8 +101,13 @@ export const api = {
   post: (path, json, options) => request("POST", path, { ...options, json }),
 };
 
-/** Upload a file as a raw request body (the API's upload routes), reporting progress as a fraction. */
-export function upload(path, blob, { query, onProgress } = {}) {
+/**
+ * Upload a file as a raw request body (the API's upload routes), reporting progress as a fraction.
+ * XMLHttpRequest is the one browser API that reports upload progress, but it cannot leave out credentials, so
+ * the key is checked first with a small request: a refused key must not reach the browser's login prompt.
+ */
+export async function upload(path, blob, { query, onProgress } = {}) {
+  await api.get("/api/jobs", { query: { limit: 1 } });
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open("PUT", withQuery(path, query));
@@ -173,6 +183,7 @@ async function streamEvents(jobId, onUpdate, signal) {
   try {
     response = await fetch(`/api/jobs/${encodeURIComponent(jobId)}/events`, {
       headers: authHeaders({ Accept: "text/event-stream" }),
+      credentials: NO_CREDENTIALS,
       signal,
     });
   } catch (error) {

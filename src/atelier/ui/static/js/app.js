@@ -69,7 +69,8 @@ function openKeyDialog(reason) {
   const form = $("#key-form");
   clearErrors(form);
   $("#key-input").value = getKey();
-  if (reason) $("#key-reason").textContent = reason;
+  $("#key-reason").textContent = reason || "Requests to this studio carry this key.";
+  $("#key-forget").hidden = !getKey();
   if (!keyDialog.open) keyDialog.showModal();
   if (getKey() && reason) showFieldError(form, "authorization", "The studio did not accept this key.");
   $("#key-input").focus();
@@ -117,8 +118,8 @@ function initKeyDialog() {
   apiEvents.addEventListener("unauthorized", () => {
     openKeyDialog(
       getKey()
-        ? "The studio rejected the saved API key (revoked, or for another studio). Enter a valid one."
-        : "This studio requires an API key. Create one on the server with `atelier keys create NAME`.",
+        ? "The studio rejected the saved API key (revoked, or made for another studio). Enter a valid one."
+        : "This studio requires an API key.",
     );
   });
 }

@@ -108,7 +108,10 @@ export function setProgress(bar, fraction) {
 /** A job's status in words: queue position while waiting, step/total while running. */
 export function describeJob(job) {
   if (job.state === "queued") {
-    return job.queue_position ? `Queued · position ${job.queue_position}` : "Queued";
+    // The API counts the queued jobs ahead of this one: 0 means it runs next.
+    const ahead = job.queue_position;
+    if (ahead === null || ahead === undefined) return "Queued";
+    return ahead === 0 ? "Queued · next in line" : `Queued · ${ahead} job${ahead === 1 ? "" : "s"} ahead`;
   }
   if (job.state === "running") {
     if (job.cancel_requested) return "Stopping…";

@@ -1,6 +1,7 @@
-// The Training tab: a training set (a zip, or images with captions typed here and zipped in the browser) is
-// uploaded with PUT /api/training-data/{name}.zip?start=false, then POST /api/train starts the run with the
-// options chosen here. Progress, loss and samples come from the job's events and results.
+// The Training tab: a training set (a zip, or images with captions typed here and zipped in the browser) and
+// its options become two uploads, the way the seed's pipeline works: the hyper-parameters as
+// PUT /api/training-data/{name}.toml, then the zip as PUT /api/training-data/{name}.zip, which queues the run
+// with them. Progress, loss and samples come from the job's events and results.
 
 import { ApiError, api, fileObjectUrl, fileUrl, followJob, upload } from "./api.js";
 import { catalog, refreshModels } from "./catalog.js";
@@ -9,9 +10,11 @@ import { clearErrors, showError, showFieldError } from "./fields.js";
 import { drawLossChart } from "./chart.js";
 import { zipFiles } from "./zip.js";
 
-// Options under kohya-ss sd-scripts' names, as POST /api/train takes them in "config". Empty means "the
-// preset's value", so only what the user set is sent.
+// Options under kohya-ss sd-scripts' names, as the training .toml takes them. Empty means "the preset's
+// value", so only what the user set is sent.
 const MAIN_OPTIONS = [
+  { key: "max_train_epochs", label: "Epochs", type: "int" },
+  { key: "max_train_steps", label: "Steps (when no epochs)", type: "int" },
   { key: "learning_rate", label: "Learning rate", type: "float" },
   { key: "network_dim", label: "Network rank (dim)", type: "int" },
   { key: "network_alpha", label: "Network alpha", type: "float" },
@@ -87,21 +90,6 @@ function optionField(option) {
   );
 }
 
-function lengthField() {
-  return h(
-    "div",
-    { class: "field", "data-field": "max_train_steps" },
-    h("label", { for: "t-length" }, "Train for"),
-    h(
-      "div",
-      { class: "input-with-select" },
-      h("input", { id: "t-length", type: "text", inputmode: "numeric", placeholder: "preset default", autocomplete: "off" }),
-      h("select", { id: "t-length-unit", "aria-label": "Unit of the training length" }, h("option", { value: "epochs" }, "epochs"), h("option", { value: "steps" }, "steps")),
-    ),
-    h("code", { class: "option-key" }, "max_train_epochs / max_train_steps"),
-  );
-}
-
 function readOption(option, raw) {
   const text = raw.trim();
   if (text === "") return undefined;
@@ -120,20 +108,24 @@ function collectConfig() {
     const value = readOption(option, input.value);
     if (value !== undefined) config[option.key] = value;
   }
-  const length = $("#t-length").value.trim();
-  if (length !== "") {
-    const value = Number.isFinite(Number(length)) ? Number(length) : length;
-    if ($("#t-length-unit").value === "steps") {
-      // Epochs win over steps in kohya's rules, so a step count clears the preset's epochs.
-      config.max_train_steps = value;
-      config.max_train_epochs = null;
-    } else {
-      config.max_train_epochs = value;
-    }
-  }
   const trigger = $("#t-trigger").value.trim();
   if (trigger) config.instance_prompt = trigger;
   return config;
+}
+
+function tomlValue(value) {
+  if (Array.isArray(value)) return `[${value.map(tomlValue).join(", ")}]`;
+  if (typeof value === "boolean" || typeof value === "number") return String(value);
+  // A JSON string's escapes (\" \\ \n \uXXXX ...) are all valid in a TOML basic string.
+  return JSON.stringify(String(value));
+}
+
+/** The run's settings as the training .toml: kohya keys plus the studio's base and preset keys. */
+function toToml(settings) {
+  return Object.entries(settings)
+    .map(([key, value]) => `${key} = ${tomlValue(value)}`)
+    .join("\n")
+    .concat("\n");
 }
 
 // -- images and captions ---------------------------------------------------------------------------------------
@@ -234,7 +226,12 @@ async function startTraining(event) {
   }
   const trigger = $("#t-trigger").value.trim();
   const source = $("input[name=data_source]:checked").value;
-  const fileAliases = { file: source === "zip" ? "file" : "captions", training_data: source === "zip" ? "file" : "captions", max_train_epochs: "max_train_steps", instance_prompt: "trigger", output_name: "output_name" };
+  const fileAliases = {
+    file: source === "zip" ? "file" : "captions",
+    training_data: source === "zip" ? "file" : "captions",
+    instance_prompt: "trigger",
+    pretrained_model_name_or_path: "base",
+  };
   const submit = $("#t-submit");
   const progress = $("#t-upload-progress");
   submit.disabled = true;
@@ -246,20 +243,24 @@ async function startTraining(event) {
     } else {
       data = await buildZip(trigger);
     }
+    const settings = { preset: $("#t-preset").value, ...collectConfig() };
+    if ($("#t-base").value) settings.base = $("#t-base").value;
+    // The settings go first: the zip's upload queues the run with the .toml of the same name, and the
+    // server checks every option as it stores the .toml.
+    await upload(`/api/training-data/${encodeURIComponent(name)}.toml`, new Blob([toToml(settings)], { type: "application/toml" }));
     progress.hidden = false;
     progress.value = 0;
     const stored = await upload(`/api/training-data/${encodeURIComponent(name)}.zip`, data, {
-      query: { start: "false" },
       onProgress: (fraction) => {
         progress.value = fraction;
       },
     });
-    const job = await api.post("/api/train", {
-      training_data: stored.key,
-      base: $("#t-base").value || null,
-      preset: $("#t-preset").value,
-      config: collectConfig(),
-    });
+    const job = stored.job;
+    if (!job) {
+      toast(`${name}.zip is stored; the bucket watcher started its run (see Recent runs).`);
+      refreshRuns();
+      return;
+    }
     if (trigger) knownTriggers.set(name, trigger);
     toast(`Training ${name} is queued.`);
     selectRun(job, name);
@@ -416,7 +417,7 @@ export async function refreshRuns() {
 export function initTraining(options) {
   selectTab = options.selectTab;
   insertLora = options.insertLora;
-  $("#t-main-options").append(lengthField(), ...MAIN_OPTIONS.map(optionField));
+  $("#t-main-options").append(...MAIN_OPTIONS.map(optionField));
   $("#t-advanced-options").append(...ADVANCED_OPTIONS.map(optionField));
   catalog.addEventListener("change", renderBases);
   $("#t-base").addEventListener("change", choosePresetForBase);
