@@ -16,7 +16,7 @@ Each contender runs in its own process, so peak memory is its own: peak RSS on C
 GPU. Speed is optimizer steps per second after warm-up steps (on a CPU per second of the process's CPU time, which
 other work on a shared machine disturbs far less); model loading and caching are reported apart.
 
-    python bench/train_vs_diffusers.py [--steps 40] [--warmup 5] [--size 64] [--batch 2] [--images 8] [--rank 4]
+    python bench/train_vs_diffusers.py [--steps 24] [--warmup 4] [--size 256] [--batch 2] [--images 8] [--rank 4]
 """
 
 from __future__ import annotations
@@ -237,9 +237,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--rank", type=int, default=4)

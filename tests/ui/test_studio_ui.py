@@ -8,8 +8,8 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import b64, png_bytes, wait_for
 from PIL import Image
+from ui_helpers import b64, png_bytes, wait_for
 
 TABS = ("txt2img", "img2img", "inpaint", "history", "models", "training", "queue")
 # The tiny demo model at its smallest size: each image takes a fraction of a second on one CPU thread.
@@ -61,7 +61,8 @@ def test_txt2img_shows_the_image_with_its_infotext_and_actions(open_page, studio
         page.click("#viewer-download")
     assert download.value.suggested_filename.startswith("7_")
     stored = studio.download(job["result"]["images"][0]["key"])
-    assert open(download.value.path(), "rb").read() == stored
+    with open(download.value.path(), "rb") as downloaded:
+        assert downloaded.read() == stored
 
     page.click("#viewer-reuse-seed")
     page.click("#g-seed-random")
@@ -167,7 +168,9 @@ def test_a_painted_mask_repaints_only_where_the_brush_went(open_page, studio):
     page.click("#g-submit")
     job = wait_for_gallery(page, studio)
 
-    sent = np.asarray(Image.open(io.BytesIO(studio.download(f"outputs/{job['id']}/inputs/mask.png"))).convert("L"))
+    sent = np.asarray(
+        Image.open(io.BytesIO(studio.download(f"outputs/{job['id']}/inputs/mask.png"))).convert("L")
+    )
     assert sent.shape == (64, 96)
     assert sent[32, 48] == 255  # under the stroke
     assert sent[2, 2] == 0 and sent[62, 94] == 0 and sent[32, 5] == 0
@@ -186,7 +189,9 @@ def test_cancelling_a_running_job_and_a_queued_one_from_the_queue(open_page, stu
     entry = page.wait_for_selector("#jobs-strip .job-entry")
     page.wait_for_function("document.querySelector('#jobs-strip .status-line').textContent.includes('step')")
     running_id = entry.get_attribute("data-job")
-    queued_id = studio.client.post("/api/generate", json={"prompt": "waits", "steps": 500, "width": 256, "height": 256}).json()["id"]
+    queued_id = studio.client.post(
+        "/api/generate", json={"prompt": "waits", "steps": 500, "width": 256, "height": 256}
+    ).json()["id"]
 
     page.click("#tab-queue")
     row = page.wait_for_selector(f"#queue-table tr[data-job='{queued_id}']")
@@ -207,7 +212,9 @@ def test_training_from_images_and_typed_captions_makes_a_lora_for_the_picker(ope
     pytest.importorskip("atelier.training.recipe")
     page = open_page("training")
     colours = ["yellow", "orange", "gold", "khaki"]
-    files = [file_payload(f"{colour}.png", png_bytes(Image.new("RGB", (64, 64), colour))) for colour in colours]
+    files = [
+        file_payload(f"{colour}.png", png_bytes(Image.new("RGB", (64, 64), colour))) for colour in colours
+    ]
     page.set_input_files("#t-images", files=files)
     captions = page.query_selector_all("#t-caption-list textarea")
     assert len(captions) == 4
@@ -230,6 +237,7 @@ def test_training_from_images_and_typed_captions_makes_a_lora_for_the_picker(ope
             "[data-option=max_data_loader_n_workers]": "0",
             "[data-option=num_repeats]": "1",
             "[data-option=seed]": "1",
+            "[data-option=sample_prompts]": "oue, a yellow windbreaker --w 64 --h 64 --s 2 --d 1",
         },
     )
     page.click("#t-submit")
@@ -243,6 +251,8 @@ def test_training_from_images_and_typed_captions_makes_a_lora_for_the_picker(ope
     assert job["result"]["model"]["name"] == "ui-windbreaker"
     assert page.inner_text("#t-run-state") == "succeeded"
     assert page.query_selector_all("#t-loss-chart path.chart-line")
+    sample = page.wait_for_selector("#t-samples figure:has(img[src^='blob:'])")
+    assert sample.inner_text() == "epoch 1"
 
     stored = studio.server.studio.storage.get_bytes("training-data/ui-windbreaker.zip")
     with zipfile.ZipFile(io.BytesIO(stored)) as archive:
@@ -258,9 +268,19 @@ def test_training_from_images_and_typed_captions_makes_a_lora_for_the_picker(ope
 
 def test_history_pages_through_past_generations(open_page, studio):
     for seed in range(26):
-        studio.client.post("/api/generate", json={"prompt": f"bottle {seed}", "steps": 1, "width": 64, "height": 64, "seed": seed})
+        studio.client.post(
+            "/api/generate",
+            json={"prompt": f"bottle {seed}", "steps": 1, "width": 64, "height": 64, "seed": seed},
+        )
     wait_for(
-        lambda: len(studio.client.get("/api/jobs", params={"state": "succeeded", "kind": "generate", "limit": 1000}).json()["jobs"]) >= 26,
+        lambda: (
+            len(
+                studio.client.get(
+                    "/api/jobs", params={"state": "succeeded", "kind": "generate", "limit": 1000}
+                ).json()["jobs"]
+            )
+            >= 26
+        ),
         timeout=90,
     )
     page = open_page("history")
@@ -268,7 +288,9 @@ def test_history_pages_through_past_generations(open_page, studio):
     assert len(page.query_selector_all("#history-grid .history-card")) == 24
     first_page = page.get_attribute("#history-grid .history-card", "data-job")
     page.click("#history-pager [data-page=older]")
-    page.wait_for_function(f"document.querySelector('#history-grid .history-card')?.dataset.job !== '{first_page}'")
+    page.wait_for_function(
+        f"document.querySelector('#history-grid .history-card')?.dataset.job !== '{first_page}'"
+    )
     assert page.inner_text("#history-pager .pager-label") == "Page 2"
     assert page.is_disabled("#history-pager [data-page=newer]") is False
     page.click("#history-grid .history-card")
@@ -280,7 +302,9 @@ def test_models_tab_lists_the_demo_with_its_warning_and_takes_uploads(open_page,
     row = page.wait_for_selector("#models-table tr[data-model='atelier-demo-sd15']")
     text = row.inner_text()
     assert "demo: random weights" in text and "sd15" in text and "Checkpoint" in text
-    page.set_input_files("#model-file", files=[file_payload("notes.safetensors", b"not a model", "application/octet-stream")])
+    page.set_input_files(
+        "#model-file", files=[file_payload("notes.safetensors", b"not a model", "application/octet-stream")]
+    )
     page.click("#model-upload-form button[type=submit]")
     error = page.wait_for_selector("#model-upload-form [data-field=file] .field-error")
     assert error.inner_text()
@@ -306,6 +330,30 @@ def test_the_page_asks_for_an_api_key_when_the_studio_requires_one(open_page, st
         wait_for(lambda: studio.client.get("/api/models").status_code == 200, timeout=5)
 
 
+def show_something(page, tab: str) -> None:
+    """Put the tab in the state a user looks at: an image loaded, a mask painted, a run selected."""
+    if tab == "img2img":
+        page.set_input_files("#g-init-file", files=[file_payload("photo.png", png_bytes(photo((96, 64))))])
+        page.wait_for_selector("#g-init-drop.has-image")
+    elif tab == "inpaint":
+        page.set_input_files("#i-image-file", files=[file_payload("photo.png", png_bytes(photo((96, 64))))])
+        canvas = page.wait_for_selector("#mask-editor[data-empty=false] canvas")
+        canvas.scroll_into_view_if_needed()
+        box = canvas.bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.4)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.6, steps=6)
+        page.mouse.up()
+    elif tab == "training":
+        page.wait_for_selector("#t-runs li")
+        if page.query_selector("#t-runs .run-item"):
+            page.click("#t-runs .run-item")
+            page.wait_for_selector("#t-run-state:not([hidden])")
+            page.wait_for_timeout(500)
+    elif tab == "history":
+        page.wait_for_selector("#history-grid .history-card img[src^='blob:']")
+
+
 @pytest.mark.parametrize("size", [(1366, 768), (1920, 1080)], ids=["1366x768", "1920x1080"])
 def test_every_tab_is_labelled_fits_the_window_and_is_screenshotted(open_page, studio, artifacts, size):
     width, height = size
@@ -314,8 +362,13 @@ def test_every_tab_is_labelled_fits_the_window_and_is_screenshotted(open_page, s
     fill(page, SMALL)
     page.click("#g-submit")
     page.wait_for_selector("#gallery .tile img[src^='blob:']")
+    page.click("#gallery .tile")
+    page.wait_for_selector("#viewer-image[src^='blob:']")
+    page.screenshot(path=str(artifacts / f"viewer-{width}x{height}.png"))
+    page.keyboard.press("Escape")
     for tab in TABS:
         page.click(f"#tab-{tab}")
+        show_something(page, tab)
         page.wait_for_timeout(300)
         problems = page.evaluate(
             """() => {
@@ -334,5 +387,7 @@ def test_every_tab_is_labelled_fits_the_window_and_is_screenshotted(open_page, s
     page.focus("#tab-models")
     page.keyboard.press("ArrowRight")
     assert page.get_attribute("#tab-training", "aria-selected") == "true"
-    focused = page.evaluate("[document.activeElement.id, getComputedStyle(document.activeElement).outlineStyle]")
+    focused = page.evaluate(
+        "[document.activeElement.id, getComputedStyle(document.activeElement).outlineStyle]"
+    )
     assert focused == ["tab-training", "solid"]

@@ -122,7 +122,9 @@ export function describeJob(job) {
     if (typeof info.loss === "number") parts.push(`loss ${info.loss.toFixed(4)}`);
     return parts.length ? `Running · ${parts.join(" · ")}` : "Running · loading the model";
   }
-  if (job.state === "succeeded") return "Done";
+  if (job.state === "succeeded") {
+    return job.kind === "train" && job.total ? `Done · ${job.total} steps` : "Done";
+  }
   if (job.state === "canceled") return "Canceled";
   return `Failed: ${job.error || "unknown error"}`;
 }

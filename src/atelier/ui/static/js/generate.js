@@ -52,6 +52,7 @@ let sizePreset = "1:1";
 // The picture each image tab works on: {blob, url, width, height, name}.
 const sources = { img2img: null, inpaint: null };
 let uploadedMask = null;
+let paintedMask = null;
 const maskEditor = new MaskEditor($("#mask-editor"));
 const activeJobs = new Map();
 let onJobFinished = () => {};
@@ -210,21 +211,31 @@ export async function setSource(target, blob) {
   } else {
     maskEditor.setImage(source.url, source.width, source.height);
     uploadedMask = null;
+    paintedMask = null;
     $("#i-mask-file").value = "";
     setMaskSource("paint");
   }
   if (mode === target) sizeFromImage(source.width, source.height);
 }
 
+function maskSource() {
+  return $("input[name=mask_source]:checked").value;
+}
+
+/** Switch between painting and an uploaded mask; the painting is kept aside while an upload is shown. */
 function setMaskSource(value) {
+  const previous = maskEditor.readOnly ? "upload" : "paint";
   for (const radio of $$("input[name=mask_source]")) radio.checked = radio.value === value;
   $("#i-mask-upload-field").hidden = value !== "upload";
   $("#mask-tools").hidden = value !== "paint";
   maskEditor.readOnly = value !== "paint";
-  if (value === "paint") {
-    if (uploadedMask) maskEditor.clear({ remember: false });
-    uploadedMask = null;
-    $("#i-mask-file").value = "";
+  if (value === previous) return;
+  if (value === "upload") {
+    paintedMask = maskEditor.snapshot();
+    maskEditor.restore(null);
+    if (uploadedMask && maskEditor.hasImage) maskEditor.showMask(uploadedMask.element);
+  } else {
+    maskEditor.restore(paintedMask);
   }
 }
 
@@ -235,6 +246,7 @@ async function setUploadedMask(file) {
     uploadedMask = mask;
     if (maskEditor.hasImage) maskEditor.showMask(mask.element);
   } catch (error) {
+    uploadedMask = null;
     showFieldError(form, "mask_upload", error.message);
   }
 }
@@ -294,13 +306,13 @@ async function buildRequest() {
     body.denoising_strength = number(field.denoise, "denoising_strength", { integer: false });
   }
   if (mode === "inpaint") {
-    if (uploadedMask) {
+    if (maskSource() === "upload") {
+      if (!uploadedMask) throw new FieldProblem("mask_upload", "Choose a mask image: white where the picture should change.");
       body.mask = await dataUrl(uploadedMask.blob);
     } else if (maskEditor.hasMask()) {
       body.mask = maskEditor.toDataUrl();
     } else {
-      const where = $("input[name=mask_source]:checked").value === "upload" ? "mask_upload" : "mask";
-      throw new FieldProblem(where, "Paint over the area to change, or upload a mask.");
+      throw new FieldProblem("mask", "Paint over the area to change, or upload a mask.");
     }
     body.mask_blur = number(field.maskBlur, "mask_blur");
     body.inpainting_fill = field.fill.value;
@@ -321,7 +333,7 @@ function errorAliases() {
   const aliases = { lora: "prompt", body: null };
   if (mode === "inpaint") {
     aliases.init_image = "inpaint_image";
-    if (uploadedMask) aliases.mask = "mask_upload";
+    if (maskSource() === "upload") aliases.mask = "mask_upload";
   }
   return aliases;
 }

@@ -70,6 +70,21 @@ export class MaskEditor extends EventTarget {
     this.context.putImageData(overlay, 0, 0);
   }
 
+  /** The painted pixels, to put back later with restore(). */
+  snapshot() {
+    return this.canvas.width ? this.context.getImageData(0, 0, this.canvas.width, this.canvas.height) : null;
+  }
+
+  restore(pixels) {
+    if (pixels && pixels.width === this.canvas.width && pixels.height === this.canvas.height) {
+      this.context.putImageData(pixels, 0, 0);
+    } else {
+      this.context.clearRect(0, 0, this.canvas.width, this.canvas.height);
+    }
+    this.painted = this.hasMask();
+    this.dispatchEvent(new Event("change"));
+  }
+
   clear({ remember = true } = {}) {
     if (remember) this.remember();
     this.context.clearRect(0, 0, this.canvas.width, this.canvas.height);

@@ -1,6 +1,8 @@
 // The Queue tab: every job (generate and train) with its state, progress, owner and timing; cancel from here.
 
 import { api } from "./api.js";
+import { imagesOfJob } from "./generate.js";
+import { openViewer } from "./viewer.js";
 import { $, describeJob, formatDuration, formatTime, h, progressBar, secondsBetween, shortId, stateBadge, toast } from "./dom.js";
 
 const PAGE_SIZE = 50;
@@ -32,6 +34,16 @@ function row(job) {
   const waited = secondsBetween(job.created_at, job.started_at || (job.state === "queued" ? null : job.finished_at));
   const ran = job.started_at ? secondsBetween(job.started_at, job.finished_at) : null;
   const actions = h("td", { class: "actions-cell" });
+  const images = job.kind === "generate" && job.state === "succeeded" ? job.result?.images || [] : [];
+  if (images.length) {
+    actions.append(
+      h(
+        "button",
+        { type: "button", class: "btn btn-quiet btn-small", "aria-label": `View the images of job ${shortId(job.id)}`, onclick: () => openViewer(imagesOfJob(job.id, images), 0) },
+        "View",
+      ),
+    );
+  }
   if (active && !job.cancel_requested) {
     const button = h("button", { type: "button", class: "btn btn-quiet btn-danger btn-small", "aria-label": `Cancel job ${shortId(job.id)}` }, "Cancel");
     button.addEventListener("click", () => cancel(job, button));

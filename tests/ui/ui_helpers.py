@@ -1,0 +1,54 @@
+"""Helpers for the UI tests: the running studio as the tests see it, waiting, and PNG files."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+
+@dataclass
+class RunningStudio:
+    url: str
+    server: Any
+    client: httpx.Client
+
+    def latest_job(self, kind: str = "generate") -> dict[str, Any]:
+        return self.client.get("/api/jobs", params={"kind": kind, "limit": 1}).json()["jobs"][0]
+
+    def download(self, key: str) -> bytes:
+        response = self.client.get(f"/api/files/{key}")
+        response.raise_for_status()
+        return response.content
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def png_bytes(image: Any, parameters: str | None = None) -> bytes:
+    from PIL import PngImagePlugin
+
+    info = None
+    if parameters is not None:
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", parameters)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
