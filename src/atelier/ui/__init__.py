@@ -66,4 +66,7 @@ def mount_ui(app: FastAPI) -> None:
     Call it after the API's middleware is added (the last step of building the app): it places itself
     outermost, so the page loads without an API key while the API behind it still requires one.
     """
+    if getattr(app.state, "ui_mounted", False):
+        return
     app.add_middleware(PublicUiFiles, files=ui_files_app())
+    app.state.ui_mounted = True

@@ -494,8 +494,15 @@ export function applyParameters(parameters) {
   for (const [key, name] of TEXT_PARAMETERS) {
     if (typeof parameters[key] === "string") field[name].value = parameters[key];
   }
-  if (parameters.Model && !selectIfOffered(field.model, parameters.Model)) {
-    notes.push(`model ${parameters.Model} is not in this studio`);
+  if (parameters.Model || parameters["Model hash"]) {
+    // Infotexts name the model as it was shown (with a label such as the demo's) and by its short hash.
+    const hash = String(parameters["Model hash"] || "").toLowerCase();
+    const model = catalog.checkpoints.find(
+      (item) => item.name === parameters.Model || item.display_name === parameters.Model || (hash && item.sha256.startsWith(hash)),
+    );
+    if (!model || !selectIfOffered(field.model, model.name)) {
+      notes.push(`model ${parameters.Model || hash} is not in this studio`);
+    }
   }
   modelChanged();
   if (parameters.Sampler && selectIfOffered(field.sampler, parameters.Sampler)) renderScheduleTypes();
