@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -170,11 +171,16 @@ class JobWaiter:
         self.max_poll_seconds = max_poll_seconds
         self._waiting: dict[str, list[asyncio.Future[Job]]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._new_waiter: asyncio.Event | None = None
 
     async def wait(self, job_id: str) -> Job:
         """Return the job once it is finished (succeeded, failed or canceled)."""
         future: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(job_id, []).append(future)
+        if self._new_waiter is None:
+            self._new_waiter = asyncio.Event()
+        # A poller sleeping until a long job's expected end must look at the new job now.
+        self._new_waiter.set()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._poll())
         try:
@@ -208,12 +214,14 @@ class JobWaiter:
                 remaining = (row.progress_total - row.progress_step) * elapsed / row.progress_step
                 wait = min(wait, remaining / 2)
             else:
-                # Queued, or no step done yet: small jobs can finish at any moment.
-                wait = min(wait, self.poll_seconds * 5)
+                # Queued, or no progress reported yet: small jobs can finish at any moment.
+                wait = self.poll_seconds
         return finished, max(self.poll_seconds, wait)
 
     async def _poll(self) -> None:
+        assert self._new_waiter is not None
         while self._waiting:
+            self._new_waiter.clear()
             try:
                 finished, wait = await run_in_threadpool(self._check, list(self._waiting))
             except Exception as problem:
@@ -223,4 +231,7 @@ class JobWaiter:
                 for future in self._waiting.pop(job.id, []):
                     if not future.done():
                         future.set_result(job)
-            await asyncio.sleep(wait)
+            if not self._waiting:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._new_waiter.wait(), timeout=wait)
