@@ -1,0 +1,90 @@
+"""A LoRA trained by Atelier, used through a `<lora:...>` tag, gives the picture diffusers gives with it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from atelier.training.config import load_train_config
+from atelier.training.recipe import train_lora
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+def test_trained_lora_tag_equals_diffusers_load_lora_weights(tiny_models, tmp_path: Path, arch: str) -> None:
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from atelier.engine.generate import Engine
+    from atelier.engine.loras import LoraLibrary
+    from atelier.engine.request import GenerationRequest
+
+    images = tmp_path / "data" / "2_oue car"
+    images.mkdir(parents=True)
+    for index in range(3):
+        pixels = np.random.default_rng(index).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images / f"car{index}.png")
+        (images / f"car{index}.txt").write_text(f"oue car, photo {index}\n", encoding="utf-8")
+    config = load_train_config(
+        {
+            "resolution": 64,
+            "min_bucket_reso": 32,
+            "max_bucket_reso": 128,
+            "bucket_reso_steps": 32,
+            "network_dim": 4,
+            "network_alpha": 4.0,
+            "learning_rate": 0.05,
+            "max_train_steps": 2,
+            "train_batch_size": 1,
+            "max_data_loader_n_workers": 0,
+            "seed": 1,
+            "output_name": "oue_car",
+        }
+    )
+    model = tiny_models(arch)
+    result = train_lora(config, data=tmp_path / "data", base_model=model, out_dir=tmp_path / "run")
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    shutil.copy(result.output_file, loras / "oue_car.safetensors")
+
+    engine = Engine(device="cpu", loras=LoraLibrary(loras))
+    request = GenerationRequest(
+        prompt="oue car, photo <lora:oue_car:1>",
+        negative_prompt="blurry",
+        model=str(model),
+        steps=3,
+        width=64,
+        height=64,
+        seed=11,
+    )
+    ours = np.asarray(engine.generate(request).images[0].image, dtype=np.int16)
+
+    cls = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
+    extra = {} if arch == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+    pipe = cls.from_pretrained(str(model), **extra)
+    pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    plain = pipe(
+        "oue car, photo",
+        negative_prompt="blurry",
+        num_inference_steps=3,
+        width=64,
+        height=64,
+        guidance_scale=7.0,
+        generator=torch.Generator("cpu").manual_seed(11),
+    ).images[0]
+    pipe.load_lora_weights(str(result.diffusers_file))
+    theirs = pipe(
+        "oue car, photo",
+        negative_prompt="blurry",
+        num_inference_steps=3,
+        width=64,
+        height=64,
+        guidance_scale=7.0,
+        generator=torch.Generator("cpu").manual_seed(11),
+    ).images[0]
+    assert np.abs(ours - np.asarray(theirs, dtype=np.int16)).max() <= 2
+    assert (ours != np.asarray(plain, dtype=np.int16)).any()
