@@ -15,11 +15,16 @@ claiming processes at once, on SQLite (WAL) and on PostgreSQL (FOR UPDATE SKIP L
 
 from __future__ import annotations
 
+import os
+
+# Two processes take turns on the same cores here (this one for the direct call, the worker for the service);
+# OpenMP threads that keep spinning after their turn would slow the other side down. Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import base64
 import io
 import multiprocessing
-import os
 import platform
 import socket
 import statistics

@@ -74,15 +74,7 @@ def make_lora(base_model: Path, destination: Path, *, seed: int = 0, rank: int =
 
 
 def new_worker(studio: Studio, **kwargs: Any) -> Worker:
-    return Worker(
-        config=studio.config,
-        store=studio.store,
-        storage=studio.storage,
-        registry=studio.registry,
-        ledger=studio.ledger,
-        settings=studio.settings,
-        **kwargs,
-    )
+    return Worker(studio, **kwargs)
 
 
 @contextmanager

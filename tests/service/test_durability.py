@@ -205,3 +205,12 @@ def test_the_supervisor_replaces_crashed_workers_and_keeps_the_minimum(supervise
     clock.now += 100
     supervisor.tick()
     assert supervisor.counts()["running"] == 1
+
+
+def test_local_cpu_workers_share_the_cores(tmp_path):
+    single = fast_config(tmp_path, max_workers=1, device="cpu")
+    assert "--threads" not in worker_command(single, "w1")
+    shared = fast_config(tmp_path, max_workers=2, device="cpu")
+    command = worker_command(shared, "w1")
+    assert command[command.index("--threads") + 1] == str(max(1, (os.cpu_count() or 1) // 2))
+    assert "--threads" not in worker_command(fast_config(tmp_path, max_workers=4, device="cuda"), "w1")

@@ -107,3 +107,38 @@ def test_a_training_zip_becomes_a_lora_that_is_usable_by_name(served):
     assert [entry.key for entry in entries].count("models/windbreaker.safetensors") == 1
     # Training cleans up after itself: the worker's run folder is gone.
     assert not (server.config.cache_dir / "train" / job["id"]).exists()
+
+
+def test_a_studio_spread_over_machines_on_postgresql_and_s3(
+    tmp_path, postgres_url, s3_endpoint, s3_client, tiny_models
+):
+    """API and worker share only the database and the bucket; each has its own local folder, as on two machines."""
+    s3_client.create_bucket(Bucket="studio-cluster")
+    shared = {
+        "database_url": postgres_url,
+        "storage_url": "s3://studio-cluster/atelier",
+        "storage_endpoint_url": s3_endpoint,
+    }
+    api_config = fast_config(tmp_path / "api-machine", max_workers=0, port=0, **shared)
+    setup = Studio.open(api_config)
+    install_checkpoint(setup, tiny_models("sd15"), "tiny-sd15")
+    setup.close()
+    server = StudioServer(api_config, log_level="warning")
+    url = server.start()
+    worker_studio = Studio.open(fast_config(tmp_path / "gpu-machine", **shared))
+    try:
+        with running_worker(worker_studio), httpx.Client(base_url=url, timeout=120) as client:
+            lora = make_lora(tiny_models("sd15"), tmp_path / "scarf.safetensors", seed=6)
+            uploaded = client.put("/api/models/scarf.safetensors", content=lora.read_bytes())
+            assert uploaded.status_code == 201, uploaded.text
+            answer = _generate(client, "a scarf <lora:scarf:1>")
+            job_id = json.loads(answer["info"])["job_id"]
+        keys = s3_client.list_objects_v2(Bucket="studio-cluster", Prefix=f"atelier/outputs/{job_id}/")[
+            "Contents"
+        ]
+        assert len([item for item in keys if item["Key"].endswith(".png")]) == 1
+        assert (worker_studio.config.cache_dir / "loras" / "scarf.safetensors").is_file()
+        assert not (api_config.cache_dir / "loras").exists()
+    finally:
+        server.stop()
+        worker_studio.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC
 
 import pytest
@@ -94,6 +95,20 @@ def test_a_running_job_stops_at_the_next_step_when_canceled(studio):
     assert done.state == "canceled"
     assert done.progress_step < 400
     assert not [item for item in studio.storage.list(f"outputs/{job.id}") if item.key.endswith(".png")]
+
+
+def test_a_worker_told_to_abandon_its_job_hands_it_back(studio):
+    job = submit(studio, steps=400)
+    worker = new_worker(studio)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    wait_for(lambda: (studio.store.get(job.id).progress_step or 0) >= 2)
+    worker.stop(abandon_current=True)
+    thread.join(timeout=30)
+    handed_back = studio.store.get(job.id)
+    assert handed_back.state == "queued"
+    assert "requeued" in handed_back.error
+    assert handed_back.worker_id is None
 
 
 def test_queue_position_and_priorities(studio):

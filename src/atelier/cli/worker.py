@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--progress", type=float, default=None, help="heartbeat / progress interval in seconds")
     p.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
     p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)")
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
@@ -38,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_libraries()
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
     config = StudioConfig.for_data_dir(
         args.data,
         database_url=args.db,
@@ -51,12 +56,7 @@ def run(args: argparse.Namespace) -> int:
     )
     studio = Studio.open(config)
     worker = Worker(
-        config=config,
-        store=studio.store,
-        storage=studio.storage,
-        registry=studio.registry,
-        ledger=studio.ledger,
-        settings=studio.settings,
+        studio,
         worker_id=args.worker_id,
         kinds=[kind.strip() for kind in args.kinds.split(",") if kind.strip()],
         parent_pid=args.parent_pid,

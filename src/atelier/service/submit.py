@@ -14,17 +14,15 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from PIL import Image
 
 from atelier.errors import AtelierError
 from atelier.service.jobs import Job
 from atelier.service.registry import ModelRecord
 from atelier.service.security import check_pixels
-
-if TYPE_CHECKING:
-    from PIL import Image
-
-    from atelier.service.studio import Studio
+from atelier.service.studio import Studio
 
 # Request fields a client may set, in GenerationRequest's (A1111's) vocabulary. Images and model names are
 # handled separately: images are stored as files, models are registry names.

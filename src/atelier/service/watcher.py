@@ -26,17 +26,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
 
 from atelier.errors import AtelierError
 from atelier.service.jobs import utc_now
 from atelier.service.modelfiles import FOLDER_MODEL_MARKER, TOKENIZER_SUFFIX, folder_version
 from atelier.service.registry import inspect_model, model_name_for_key
 from atelier.service.storage import TEMP_PREFIX, ObjectInfo
+from atelier.service.studio import Studio
 from atelier.service.submit import read_train_config, submit_training
-
-if TYPE_CHECKING:
-    from atelier.service.studio import Studio
 
 logger = logging.getLogger(__name__)
 

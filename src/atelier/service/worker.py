@@ -35,18 +35,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from atelier.errors import AtelierError
-from atelier.service.config import StudioConfig
 from atelier.service.jobs import JOB_KINDS, Job, SqlJobStore, jobs_table
-from atelier.service.ledger import Ledger
 from atelier.service.modelfiles import ModelFiles
-from atelier.service.registry import (
-    ModelRecord,
-    ModelRegistry,
-    StudioSettings,
-    check_model_name,
-    inspect_model,
-)
-from atelier.service.storage import Storage
+from atelier.service.registry import ModelRecord, check_model_name, inspect_model
+from atelier.service.studio import Studio
 from atelier.service.submit import TRAIN_CONFIG_KEYS_OWNED_BY_STUDIO, training_preset
 
 logger = logging.getLogger(__name__)
@@ -187,27 +179,21 @@ class JobLease:
 
 
 class Worker:
-    """Runs jobs from ``store`` until stopped. One engine per worker, created on the first generate job."""
+    """Runs a studio's jobs until stopped. One engine per worker, created on the first generate job."""
 
     def __init__(
         self,
+        studio: Studio,
         *,
-        config: StudioConfig,
-        store: SqlJobStore,
-        storage: Storage,
-        registry: ModelRegistry,
-        ledger: Ledger,
-        settings: StudioSettings,
         worker_id: str | None = None,
         kinds: Iterable[str] = JOB_KINDS,
         parent_pid: int | None = None,
     ) -> None:
-        self.config = config
-        self.store = store
-        self.storage = storage
-        self.registry = registry
-        self.ledger = ledger
-        self.settings = settings
+        self.config = studio.config
+        self.store = studio.store
+        self.storage = studio.storage
+        self.registry = studio.registry
+        self.ledger = studio.ledger
         self.worker_id = worker_id or new_worker_id()
         self.kinds = tuple(kinds)
         for kind in self.kinds:
@@ -216,7 +202,7 @@ class Worker:
                     f"job kind must be one of {', '.join(JOB_KINDS)}, got {kind!r}", field="kinds"
                 )
         self.parent_pid = parent_pid
-        self.files = ModelFiles(storage, config.cache_dir)
+        self.files = ModelFiles(self.storage, self.config.cache_dir)
         self._engine: Any = None
         self._stop = threading.Event()
         self._abandon = threading.Event()
@@ -229,10 +215,6 @@ class Worker:
         self._stop.set()
         if abandon_current:
             self._abandon.set()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
 
     def _parent_gone(self) -> bool:
         return self.parent_pid is not None and os.getppid() != self.parent_pid
@@ -330,15 +312,18 @@ class Worker:
         return self.config.cache_dir / "train" / job.id
 
     def _after_interrupt(self, job: Job, lease: JobLease) -> None:
-        if self.store.mark_canceled(job.id, self.worker_id):
-            logger.info("job %s canceled", job.id)
-            shutil.rmtree(self.train_dir(job), ignore_errors=True)
-        elif self._abandon.is_set():
+        current = self.store.get(job.id)
+        if current.worker_id != self.worker_id or current.state != "running":
+            logger.warning("job %s: lease lost; another worker will run it", job.id)
+        elif current.cancel_requested:
+            if self.store.mark_canceled(job.id, self.worker_id):
+                logger.info("job %s canceled", job.id)
+                shutil.rmtree(self.train_dir(job), ignore_errors=True)
+        else:
+            # This worker is shutting down: hand the job back now rather than after the lease expires.
             self.store.fail(
                 job.id, self.worker_id, "the worker was stopped; the job was requeued", retry=True
             )
-        else:
-            logger.warning("job %s: lease lost; another worker will run it", job.id)
 
     def _run_job(self, job: Job, lease: JobLease) -> dict[str, Any]:
         if job.kind == "generate":

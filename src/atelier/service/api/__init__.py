@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from fastapi import FastAPI, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -19,10 +17,8 @@ from atelier.service.api.native import build_native_router
 from atelier.service.metrics import StudioMetrics
 from atelier.service.security import AccessPolicy
 from atelier.service.studio import Studio
-
-if TYPE_CHECKING:
-    from atelier.service.supervisor import WorkerSupervisor
-    from atelier.service.watcher import BucketWatcher
+from atelier.service.supervisor import WorkerSupervisor
+from atelier.service.watcher import BucketWatcher
 
 DESCRIPTION = """
 Atelier's studio service. Generation and training run as jobs in a durable queue, on workers that may run on
@@ -62,7 +58,8 @@ def create_app(
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(AuthMiddleware, policy=AccessPolicy(studio.keys, always_required=always_require_keys))
-    # Body limits per router (uploads raise theirs per route): inside the middleware that words errors.
+    # Body limits on the routers rather than the app (uploads raise theirs per route): an app-wide limit would
+    # answer from outside AuthMiddleware, in plain text instead of the API's JSON error.
     app.include_router(build_native_router(studio.config), max_body_size=studio.config.max_request_bytes)
     app.include_router(build_a1111_router(), max_body_size=studio.config.max_request_bytes)
 

@@ -42,7 +42,6 @@ A1111_FIELDS = {
     "inpaint_padding": "inpaint_full_res_padding",
     "mask_invert": "inpainting_mask_invert",
     "refiner": "refiner_checkpoint",
-    "refiner_switch_at": "refiner_switch_at",
     "clip_skip": "CLIP_stop_at_last_layers",
     "lora": "prompt",
 }
