@@ -18,7 +18,7 @@ install-test:
 	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 studio: install
-	atelier generate "a product photo of a yellow windbreaker, forest, (masterpiece:1.2)" --steps 8 --width 256 --height 256 --seed 42
+	atelier serve
 
 lint:
 	$(PYTHON) -m ruff check src tests bench
@@ -33,3 +33,6 @@ format:
 
 bench: install-test
 	$(PYTHON) bench/engine_vs_diffusers.py
+	$(PYTHON) bench/prompt_encoding.py
+	$(PYTHON) bench/train_vs_diffusers.py
+	$(PYTHON) bench/service_vs_engine.py

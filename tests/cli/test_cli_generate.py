@@ -21,8 +21,23 @@ def _run(capsys, *argv) -> tuple[int, str, str]:
 def test_generate_writes_pngs_with_infotext_then_info_reads_them(tmp_path, tiny_models, capsys):
     model = tiny_models("sd15")
     code, out, err = _run(
-        capsys, "generate", "a (yellow windbreaker:1.3)", "--model", str(model), "--steps", "3", "--width", "64",
-        "--height", "64", "--seed", "42", "--batch-size", "2", "--out", str(tmp_path / "out"),
+        capsys,
+        "generate",
+        "a (yellow windbreaker:1.3)",
+        "--model",
+        str(model),
+        "--steps",
+        "3",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--seed",
+        "42",
+        "--batch-size",
+        "2",
+        "--out",
+        str(tmp_path / "out"),
     )
     assert code == 0, err
     files = sorted((tmp_path / "out").glob("*.png"))
@@ -43,9 +58,26 @@ def test_generate_inpaint_from_files(tmp_path, tiny_models, capsys):
     mask.paste(255, (20, 20, 40, 40))
     mask.save(tmp_path / "mask.png")
     code, _, err = _run(
-        capsys, "generate", "living room, wabi style", "--model", str(tiny_models("sd15")), "--steps", "4",
-        "--width", "64", "--height", "64", "--init", str(tmp_path / "photo.png"), "--mask", str(tmp_path / "mask.png"),
-        "--mask-blur", "2", "--only-masked", "--out", str(tmp_path / "out"),
+        capsys,
+        "generate",
+        "living room, wabi style",
+        "--model",
+        str(tiny_models("sd15")),
+        "--steps",
+        "4",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--init",
+        str(tmp_path / "photo.png"),
+        "--mask",
+        str(tmp_path / "mask.png"),
+        "--mask-blur",
+        "2",
+        "--only-masked",
+        "--out",
+        str(tmp_path / "out"),
     )
     assert code == 0, err
     (result,) = (tmp_path / "out").glob("*.png")
@@ -69,7 +101,11 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, tiny_models, capsys, extra,
     Image.new("RGB", (64, 64)).save(tmp_path / "photo.png")
     Image.new("L", (32, 32)).save(tmp_path / "small_mask.png")
     (tmp_path / "model.ckpt").write_bytes(b"not really a pickle")
-    values = {"photo": tmp_path / "photo.png", "small_mask": tmp_path / "small_mask.png", "pickle": tmp_path / "model.ckpt"}
+    values = {
+        "photo": tmp_path / "photo.png",
+        "small_mask": tmp_path / "small_mask.png",
+        "pickle": tmp_path / "model.ckpt",
+    }
     extra = [item.format(**values) for item in extra]
     argv = ["generate", "x", "--steps", "2", "--width", "64", "--height", "64", "--out", str(tmp_path / "o")]
     if "--model" not in extra:
@@ -94,7 +130,9 @@ def test_errors_never_print_a_traceback_in_a_real_process(tmp_path):
 
 
 def test_create_tiny_and_list_models(tmp_path, capsys):
-    code, out, _ = _run(capsys, "models", "create-tiny", "--arch", "sdxl-refiner", str(tmp_path / "models" / "ref"))
+    code, out, _ = _run(
+        capsys, "models", "create-tiny", "--arch", "sdxl-refiner", str(tmp_path / "models" / "ref")
+    )
     assert code == 0 and "demo: random weights" in out
     code, out, _ = _run(capsys, "models", "list", "--models-dir", str(tmp_path / "models"), "--json")
     (row,) = json.loads(out)

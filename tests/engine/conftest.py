@@ -11,13 +11,22 @@ def _peft_lora_state(pipeline, *, rank: int, seed: int, text_encoder: bool) -> d
     from peft import LoraConfig, get_peft_model_state_dict
 
     torch.manual_seed(seed)
-    unet_config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    unet_config = LoraConfig(
+        r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"]
+    )
     pipeline.unet.add_adapter(unet_config, adapter_name="made")
     layers = {"unet_lora_layers": get_peft_model_state_dict(pipeline.unet, adapter_name="made")}
     if text_encoder:
-        te_config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
+        te_config = LoraConfig(
+            r=rank,
+            lora_alpha=rank,
+            init_lora_weights=False,
+            target_modules=["q_proj", "k_proj", "v_proj", "out_proj"],
+        )
         pipeline.text_encoder.add_adapter(te_config, adapter_name="made")
-        layers["text_encoder_lora_layers"] = get_peft_model_state_dict(pipeline.text_encoder, adapter_name="made")
+        layers["text_encoder_lora_layers"] = get_peft_model_state_dict(
+            pipeline.text_encoder, adapter_name="made"
+        )
     # Random init at peft's default scale barely moves a tiny model; make the effect visible.
     return {name: {k: v * 4 for k, v in state.items()} for name, state in layers.items()}
 
@@ -48,11 +57,16 @@ def make_lora(tiny_models, tmp_path_factory):
         path = folder / f"{name}.safetensors"
         if fmt == "diffusers":
             flat = {f"unet.{k}": v for k, v in layers["unet_lora_layers"].items()}
-            flat.update({f"text_encoder.{k}": v for k, v in layers.get("text_encoder_lora_layers", {}).items()})
+            flat.update(
+                {f"text_encoder.{k}": v for k, v in layers.get("text_encoder_lora_layers", {}).items()}
+            )
             save_file({k: v.contiguous() for k, v in flat.items()}, path)
         else:
             state = {}
-            for component, prefix in (("unet_lora_layers", "unet"), ("text_encoder_lora_layers", "text_encoder")):
+            for component, prefix in (
+                ("unet_lora_layers", "unet"),
+                ("text_encoder_lora_layers", "text_encoder"),
+            ):
                 for key, tensor in layers.get(component, {}).items():
                     kohya = _kohya_name(f"{prefix}.{key}")
                     state[kohya] = tensor.contiguous()

@@ -31,7 +31,9 @@ def _build(pipeline, prompt, negative="", *, steps=4, clip_skip=1):
 
 
 def _image(engine, model, prompt, **overrides):
-    values = dict(prompt=prompt, negative_prompt=NEGATIVE, model=str(model), steps=4, width=64, height=64, seed=77)
+    values = dict(
+        prompt=prompt, negative_prompt=NEGATIVE, model=str(model), steps=4, width=64, height=64, seed=77
+    )
     values.update(overrides)
     return np.asarray(engine.generate(GenerationRequest(**values)).images[0].image, dtype=np.int16)
 
@@ -144,7 +146,9 @@ def test_lora_tag_equals_diffusers_load_lora_weights(engine, tiny_models, make_l
     without = _image(lora_engine, model, "red shoe")
     assert (with_lora != without).any()
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(model), safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(model), safety_checker=None, requires_safety_checker=False
+    )
     pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     pipe.load_lora_weights(str(path))
@@ -191,7 +195,9 @@ def test_switching_loras_keeps_the_base_model_loaded(tiny_models, make_lora, tmp
     assert lora_engine.models.loads == 1
     assert (one != base).any() and (both != one).any()
     assert np.abs(again - base).max() <= 2
-    request = GenerationRequest(prompt="x <lora:one:1> <lora:two:0.5>", model=str(model), steps=2, width=64, height=64)
+    request = GenerationRequest(
+        prompt="x <lora:one:1> <lora:two:0.5>", model=str(model), steps=2, width=64, height=64
+    )
     info = parse_infotext(lora_engine.generate(request).images[0].infotext)
     hashes = dict(part.split(": ") for part in info["Lora hashes"].split(", "))
     assert set(hashes) == {"one", "two"} and all(len(value) == 12 for value in hashes.values())

@@ -69,7 +69,9 @@ def test_txt2img_matches_plain_diffusers(tiny_models, engine, sampler, scheduler
     request = _request(path, sampler=sampler)
     ours = engine.generate(request).images[0]
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(path), safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(path), safety_checker=None, requires_safety_checker=False
+    )
     pipe.set_progress_bar_config(disable=True)
     # The reference scheduler is built the way a diffusers user would, from the model's own config.
     reference = make_scheduler(sampler, dict(pipe.scheduler.config))
@@ -200,7 +202,9 @@ def test_only_masked_inpaints_a_region_of_a_larger_photo(tiny_models, engine):
     photo = _photo(size=(160, 128), seed=5)
     mask = _mask(size=(160, 128), box=(100, 60, 130, 90))
     result = engine.generate(
-        _request(tiny_models("sd15"), init_image=photo, mask=mask, inpaint_only_masked=True, inpaint_padding=8)
+        _request(
+            tiny_models("sd15"), init_image=photo, mask=mask, inpaint_only_masked=True, inpaint_padding=8
+        )
     ).images[0]
     assert result.image.size == (160, 128)
     blurred = np.asarray(prepare_mask(mask, photo.size, 4))
@@ -213,7 +217,9 @@ def test_only_masked_inpaints_a_region_of_a_larger_photo(tiny_models, engine):
 def test_inverted_mask_repaints_the_other_side(tiny_models, engine):
     photo = _photo(seed=8)
     mask = _mask()
-    result = engine.generate(_request(tiny_models("sd15"), init_image=photo, mask=mask, mask_invert=True)).images[0]
+    result = engine.generate(
+        _request(tiny_models("sd15"), init_image=photo, mask=mask, mask_invert=True)
+    ).images[0]
     from atelier.engine.masks import prepare_mask
 
     kept = np.asarray(prepare_mask(mask, photo.size, 4, invert=True)) == 0
@@ -248,7 +254,11 @@ def test_sdxl_txt2img_matches_plain_diffusers(tiny_models, engine):
 
 
 def test_sdxl_base_then_refiner_matches_diffusers_ensemble(tiny_models, engine):
-    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+    from diffusers import (
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLPipeline,
+    )
 
     base_path, refiner_path = tiny_models("sdxl"), tiny_models("sdxl-refiner")
     request = _request(
@@ -294,7 +304,9 @@ def test_sdxl_base_then_refiner_matches_diffusers_ensemble(tiny_models, engine):
 
 def test_sdxl_inpainting_keeps_unmasked_pixels(tiny_models, engine):
     photo, mask = _photo(seed=4), _mask()
-    result = engine.generate(_request(tiny_models("sdxl"), init_image=photo, mask=mask, mask_blur=0)).images[0]
+    result = engine.generate(_request(tiny_models("sdxl"), init_image=photo, mask=mask, mask_blur=0)).images[
+        0
+    ]
     outside = np.asarray(mask) == 0
     assert (_pixels(result.image)[outside] == _pixels(photo)[outside]).all()
 
@@ -306,7 +318,9 @@ def test_refiner_must_follow_sdxl(tiny_models, engine):
 
 def test_progress_reports_every_step_and_cancel_stops(tiny_models, engine):
     seen = []
-    engine.generate(_request(tiny_models("sd15"), steps=5, batch_count=2), on_step=lambda d, t: seen.append((d, t)))
+    engine.generate(
+        _request(tiny_models("sd15"), steps=5, batch_count=2), on_step=lambda d, t: seen.append((d, t))
+    )
     assert seen[-1] == (10, 10)
     assert [done for done, _ in seen] == list(range(1, 11))
 
@@ -325,7 +339,9 @@ def test_infotext_has_a1111_layout(tiny_models, engine):
     lines = result.images[0].infotext.split("\n")
     assert lines[0] == "a photo of a yellow windbreaker, forest"
     assert lines[1] == "Negative prompt: low quality, watermark"
-    assert lines[2].startswith("Steps: 4, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.0, Seed: 1234, ")
+    assert lines[2].startswith(
+        "Steps: 4, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.0, Seed: 1234, "
+    )
     info = parse_infotext(result.images[0].infotext)
     assert info["Size-1"] in (64, "64")
     assert info["Clip skip"] in (2, "2")

@@ -52,7 +52,9 @@ def test_single_file_detection_uses_weights_not_our_metadata(single_files, tmp_p
 @pytest.mark.parametrize("arch", ["sd15", "sdxl"])
 def test_single_file_generates_the_same_picture_as_its_folder(tiny_models, single_files, engine, arch):
     def make(model):
-        request = GenerationRequest(prompt="a red shoe", model=str(model), steps=3, width=64, height=64, seed=5)
+        request = GenerationRequest(
+            prompt="a red shoe", model=str(model), steps=3, width=64, height=64, seed=5
+        )
         return np.asarray(engine.generate(request).images[0].image, dtype=np.int16)
 
     assert np.abs(make(tiny_models(arch)) - make(single_files[arch])).max() <= 2

@@ -208,6 +208,26 @@ def test_training_configs_are_checked_on_upload(client):
     assert client.put("/api/training-data/shoes.zip", content=b"not a zip").json()["field"] == "file"
 
 
+def test_a_zip_uploaded_with_start_false_is_not_trained_by_the_watcher(served):
+    import io
+    import zipfile
+
+    server, client = served
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("a.txt", "oue car")
+    response = client.put("/api/training-data/held.zip?start=false", content=buffer.getvalue())
+    assert response.status_code == 201 and response.json()["job"] is None
+
+    uploads = client.get("/api/uploads", params={"bucket": "training-data"}).json()["uploads"]
+    assert any(entry["key"] == "training-data/held.zip" and entry["state"] == "done" for entry in uploads)
+    assert not [
+        job
+        for job in client.get("/api/jobs", params={"kind": "train"}).json()["jobs"]
+        if job.get("result") is None and "held.zip" in json.dumps(job)
+    ]
+
+
 class _Receiver(BaseHTTPRequestHandler):
     received: list = []
     failures_left = 0
@@ -281,6 +301,12 @@ def test_api_keys_are_required_once_one_exists(tiny_models, tmp_path):
             assert anonymous.get("/api/models", headers={"X-API-Key": secret}).status_code == 200
             assert anonymous.get("/sdapi/v1/sd-models", auth=("anyone", secret)).status_code == 200
             assert anonymous.get("/api/health").status_code == 200
+            submitted = anonymous.post(
+                "/api/generate", json=SMALL, headers={"Authorization": f"Bearer {secret}"}
+            )
+            assert submitted.json()["owner"] == "marketing"
+            listed = anonymous.get("/api/jobs", headers={"Authorization": f"Bearer {secret}"}).json()["jobs"]
+            assert {job["owner"] for job in listed} == {"marketing"}
             server.studio.keys.revoke("marketing")
             wait_for(lambda: anonymous.get("/api/models").status_code == 200, timeout=5)
     finally:

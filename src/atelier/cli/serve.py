@@ -54,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from atelier.service.config import StudioConfig
     from atelier.service.server import StudioServer
+    from atelier.ui import mount_ui
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = StudioConfig.for_data_dir(
@@ -70,8 +71,10 @@ def run(args: argparse.Namespace) -> int:
         watch=not args.no_watch,
     )
     server = StudioServer(config)
+    # The UI is a client of the public API; it is mounted here, where the layers are put together.
+    mount_ui(server.app)
     print(
-        f"Atelier studio on http://{args.host}:{args.port}  (API docs: /docs, A1111 API: /sdapi/v1)",
+        f"Atelier studio on http://{args.host}:{args.port}  (Studio UI: /, API docs: /docs, A1111 API: /sdapi/v1)",
         flush=True,
     )
     server.run()

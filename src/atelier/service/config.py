@@ -75,6 +75,7 @@ class StudioConfig:
     max_upload_bytes: int = 16 * 1024**3
     max_image_pixels: int = 4096 * 4096
     max_output_pixels: int = 64 * 1024**2
+    max_controlnet_units: int = 3  # ControlNet units per request
     # Training started from the training-data bucket without its own .toml.
     train_preset: str = "sd15-lora"
     # Webhooks.

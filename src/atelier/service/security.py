@@ -173,7 +173,7 @@ class AccessPolicy:
         self._lock = threading.Lock()
         self._required_until = 0.0
         self._required = True
-        self._verified: dict[str, float] = {}
+        self._verified: dict[str, tuple[float, str]] = {}
 
     def keys_required(self) -> bool:
         if self.always_required:
@@ -189,22 +189,26 @@ class AccessPolicy:
 
     def allows(self, key: str | None) -> bool:
         """True if a request carrying ``key`` (None: no key) may proceed."""
-        if not self.keys_required():
-            return True
+        return self.identify(key)[0]
+
+    def identify(self, key: str | None) -> tuple[bool, str | None]:
+        """Whether a request carrying ``key`` may proceed, and the name of its key (recorded as job owner)."""
         if not key:
-            return False
+            return not self.keys_required(), None
         digest = hash_key(key)
         now = time.monotonic()
         with self._lock:
-            if self._verified.get(digest, 0.0) > now:
-                return True
-        if self.keys.verify(key) is None:
-            return False
+            cached = self._verified.get(digest)
+            if cached is not None and cached[0] > now:
+                return True, cached[1]
+        found = self.keys.verify(key)
+        if found is None:
+            return not self.keys_required(), None
         with self._lock:
             if len(self._verified) > 10_000:
                 self._verified.clear()
-            self._verified[digest] = now + self.cache_seconds
-        return True
+            self._verified[digest] = (now + self.cache_seconds, found.name)
+        return True, found.name
 
 
 # ---------------------------------------------------------------------------------------------------------

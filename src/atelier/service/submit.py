@@ -69,6 +69,7 @@ class PreparedGeneration:
     loras: list[ModelRecord] = field(default_factory=list)
     init_image: Image.Image | None = None
     mask: Image.Image | None = None
+    controlnet_units: list[Any] = field(default_factory=list)  # engine ControlUnits, images included
 
     @property
     def mode(self) -> str:
@@ -85,6 +86,7 @@ def prepare_generation(
     refiner: str | None = None,
     init_image: Image.Image | None = None,
     mask: Image.Image | None = None,
+    controlnet_units: list[Any] | None = None,
 ) -> PreparedGeneration:
     """Check a generation request against the engine's rules, the registry and the studio's limits.
 
@@ -99,8 +101,10 @@ def prepare_generation(
     if unknown:
         raise AtelierError(f"unknown field {unknown[0]!r}", field=unknown[0])
     params = dict(values)
-    request = GenerationRequest(**params, model=model, init_image=init_image, mask=mask)
-    request.validate()
+    request = GenerationRequest(
+        **params, model=model, init_image=init_image, mask=mask, controlnet_units=list(controlnet_units or [])
+    )
+    request.validate(max_controlnet_units=studio.config.max_controlnet_units)
     limits = studio.config
     check_pixels(request.width, request.height, limits.max_image_pixels, field="width")
     if request.width * request.height * request.batch_size > limits.max_output_pixels:
@@ -144,7 +148,14 @@ def prepare_generation(
                     field="lora",
                 )
             loras.append(record)
-    return PreparedGeneration(params, checkpoint, refiner_record, loras, init_image, mask)
+    if request.controlnet_units:
+        from atelier.service.controlnets import check_unit_models, controlnet_library
+
+        library = controlnet_library(studio.storage, studio.config.cache_dir)
+        check_unit_models(library, request.controlnet_units, checkpoint)
+    return PreparedGeneration(
+        params, checkpoint, refiner_record, loras, init_image, mask, request.controlnet_units
+    )
 
 
 def _png(image: Image.Image) -> bytes:
@@ -178,6 +189,10 @@ def submit_generation(
             key = f"outputs/{job_id}/inputs/{name}.png"
             studio.storage.put_bytes(key, _png(image))
             payload[f"{name}_key"] = key
+    if prepared.controlnet_units:
+        from atelier.service.controlnets import store_units
+
+        payload["controlnet_units"] = store_units(studio.storage, job_id, prepared.controlnet_units)
     return _submit(studio, "generate", payload, job_id, priority, owner, webhook_url)
 
 

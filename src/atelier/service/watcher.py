@@ -80,7 +80,10 @@ def training_units(objects: list[ObjectInfo]) -> list[Unit]:
 
 def model_units(objects: list[ObjectInfo]) -> list[Unit]:
     """Group the models bucket into model files and diffusers folders."""
-    visible = [item for item in objects if not _ignored(item.key)]
+    # ControlNets are read from their folder by name (service/controlnets.py), never registered as checkpoints.
+    visible = [
+        item for item in objects if not _ignored(item.key) and not item.key.startswith("models/controlnet/")
+    ]
     folders = sorted(
         item.key[: -len(FOLDER_MODEL_MARKER) - 1]
         for item in visible

@@ -337,9 +337,15 @@ class Worker:
         if self._engine is None:
             from atelier.engine.generate import Engine
             from atelier.engine.loras import LoraLibrary
+            from atelier.service.controlnets import controlnet_library
 
             self.files.lora_dir.mkdir(parents=True, exist_ok=True)
-            self._engine = Engine(device=self.config.device, loras=LoraLibrary(self.files.lora_dir))
+            self._engine = Engine(
+                device=self.config.device,
+                loras=LoraLibrary(self.files.lora_dir),
+                controlnets=controlnet_library(self.storage, self.config.cache_dir),
+                max_controlnet_units=self.config.max_controlnet_units,
+            )
         return self._engine
 
     def _generate(self, job: Job, lease: JobLease) -> dict[str, Any]:
@@ -366,10 +372,18 @@ class Worker:
             for name in ("init_image", "mask")
             if payload.get(f"{name}_key")
         }
+        controlnet_units = []
+        if payload.get("controlnet_units"):
+            from atelier.service.controlnets import controlnet_library, load_units
+
+            # Refreshes the S3 mirror too, so a ControlNet uploaded after this worker started is found.
+            self.engine.controlnets = controlnet_library(self.storage, self.config.cache_dir)
+            controlnet_units = load_units(self.storage, payload["controlnet_units"])
         request = GenerationRequest(
             **params,
             model=str(self.files.local_path(checkpoint)),
             refiner=str(self.files.local_path(refiner)) if refiner else None,
+            controlnet_units=controlnet_units,
             **images,
         )
         started = time.monotonic()
@@ -484,7 +498,16 @@ class Worker:
         elif (data_dir / "dataset.toml").is_file():
             dataset_config = data_dir / "dataset.toml"
 
+        published: dict[str, str] = {}
+
         def on_progress(progress: Any) -> None:
+            # Sample images appear per epoch: publish them at once so people watch the LoRA take shape.
+            for sample in progress.samples or []:
+                path = Path(sample)
+                if str(path) not in published and path.is_file():
+                    key = f"outputs/{job.id}/samples/{path.name}"
+                    self.storage.put_file(key, path)
+                    published[str(path)] = key
             lease.report(
                 progress.step,
                 progress.total_steps,
@@ -495,6 +518,7 @@ class Worker:
                     "loss": progress.loss if math.isfinite(progress.loss) else None,
                     "lr": progress.lr,
                     "it_per_s": progress.it_per_s,
+                    "samples": list(published.values()),
                 },
             )
 

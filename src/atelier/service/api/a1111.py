@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from atelier import __version__
 from atelier.errors import AtelierError, NotFoundError
+from atelier.service.api.common import request_owner
 from atelier.service.jobs import Job
 from atelier.service.registry import ModelRecord
 from atelier.service.security import decode_image
@@ -179,8 +180,8 @@ def _refuse_unsupported(body: _ProcessingRequest) -> None:
             "alwayson_scripts",
             any(
                 (value or {}).get("args")
-                for value in body.alwayson_scripts.values()
-                if isinstance(value, dict)
+                for name, value in body.alwayson_scripts.items()
+                if isinstance(value, dict) and name.lower() != "controlnet"
             )
             or any(not isinstance(value, dict) for value in body.alwayson_scripts.values()),
             "extension scripts are not available",
@@ -267,6 +268,7 @@ def _prepare_txt2img(studio: Studio, body: Txt2ImgRequest) -> PreparedGeneration
         values,
         model=_model_name(body) or _current_model(studio).name,
         refiner=body.refiner_checkpoint or None,
+        controlnet_units=_controlnet_units(studio, body),
     )
 
 
@@ -318,6 +320,15 @@ def _prepare_img2img(studio: Studio, body: Img2ImgRequest) -> PreparedGeneration
         model=_model_name(body) or _current_model(studio).name,
         init_image=init_image,
         mask=mask,
+        controlnet_units=_controlnet_units(studio, body),
+    )
+
+
+def _controlnet_units(studio: Studio, body: _ProcessingRequest) -> list[Any]:
+    from atelier.service.controlnets import a1111_script_units
+
+    return a1111_script_units(
+        body.alwayson_scripts, storage=studio.storage, max_pixels=studio.config.max_image_pixels
     )
 
 
@@ -371,7 +382,11 @@ async def _run(
     studio: Studio = request.app.state.studio
     try:
         prepared = await run_in_threadpool(prepare, studio, body)
-        job = await run_in_threadpool(submit_generation, studio, prepared, extra={"origin": "a1111"})
+        job = await run_in_threadpool(
+            lambda: submit_generation(
+                studio, prepared, owner=request_owner(request), extra={"origin": "a1111"}
+            )
+        )
     except AtelierError as problem:
         raise _translate(problem) from None
     job = await request.app.state.waiter.wait(job.id)

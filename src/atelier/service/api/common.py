@@ -101,6 +101,11 @@ def install_error_handlers(app: Any) -> None:
         )
 
 
+def request_owner(request: Request) -> str | None:
+    """The name of the API key the request came with (None without keys): recorded as the job's owner."""
+    return getattr(request.state, "api_key_name", None)
+
+
 class AuthMiddleware:
     """Pure ASGI middleware requiring an API key (when the policy asks for one) on every non-public path.
 
@@ -118,7 +123,10 @@ class AuthMiddleware:
         headers = {
             key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope.get("headers", [])
         }
-        if await run_in_threadpool(self.policy.allows, key_from_headers(headers)):
+        allowed, key_name = await run_in_threadpool(self.policy.identify, key_from_headers(headers))
+        if allowed:
+            # Routes read it as request.state.api_key_name: the owner recorded on the jobs they submit.
+            scope.setdefault("state", {})["api_key_name"] = key_name
             await self.app(scope, receive, _with_json_413(send))
             return
         body = error_body(

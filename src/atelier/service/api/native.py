@@ -21,7 +21,9 @@ from starlette.concurrency import run_in_threadpool
 
 from atelier import __version__
 from atelier.errors import AtelierError, NotFoundError, UnsafeFileError
+from atelier.service.api.common import request_owner
 from atelier.service.config import StudioConfig
+from atelier.service.controlnets import parse_units
 from atelier.service.events import job_events, job_progress
 from atelier.service.jobs import MAX_PRIORITY, Job
 from atelier.service.registry import check_model_name, inspect_model, model_name_for_key
@@ -82,6 +84,11 @@ class GenerateBody(BaseModel):
     refiner_prompt: str | None = None
     refiner_negative_prompt: str | None = None
     refiner_switch_at: float | None = None
+    controlnet_units: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="ControlNet units: image (base64) or image_key, module, model, weight, guidance_start, "
+        "guidance_end, control_mode, resize_mode, processor_res, threshold_a, threshold_b, pixel_perfect",
+    )
     priority: int = Field(default=0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, description="higher runs first")
     webhook_url: str | None = Field(default=None, description="called with the finished job (POST, JSON)")
 
@@ -114,6 +121,7 @@ def job_view(studio: Studio, job: Job) -> dict[str, Any]:
     return {
         **job_progress(studio.store, job),
         "priority": job.priority,
+        "owner": job.owner,
         "max_attempts": job.max_attempts,
         "result": job.result,
         "links": job_links(job),
@@ -183,7 +191,7 @@ def build_native_router(config: StudioConfig) -> APIRouter:
         return {"status": "ok", "version": __version__}
 
     @router.post("/generate", status_code=202, summary="Queue a txt2img / img2img / inpainting job")
-    def generate(body: GenerateBody, studio: StudioDep) -> dict[str, Any]:
+    def generate(body: GenerateBody, request: Request, studio: StudioDep) -> dict[str, Any]:
         limit = studio.config.max_image_pixels
         init_image = (
             decode_image(body.init_image, field="init_image", max_pixels=limit) if body.init_image else None
@@ -191,22 +199,34 @@ def build_native_router(config: StudioConfig) -> APIRouter:
         mask = decode_image(body.mask, field="mask", max_pixels=limit) if body.mask else None
         values = body.model_dump(
             exclude_none=True,
-            exclude={"model", "refiner", "init_image", "mask", "priority", "webhook_url"},
+            exclude={"model", "refiner", "init_image", "mask", "priority", "webhook_url", "controlnet_units"},
         )
         if "inpainting_fill" in values:
             values["inpainting_fill"] = _inpainting_fill(values["inpainting_fill"])
+        controlnet_units = parse_units(body.controlnet_units, storage=studio.storage, max_pixels=limit)
         prepared = prepare_generation(
-            studio, values, model=body.model, refiner=body.refiner, init_image=init_image, mask=mask
+            studio,
+            values,
+            model=body.model,
+            refiner=body.refiner,
+            init_image=init_image,
+            mask=mask,
+            controlnet_units=controlnet_units,
         )
         job = submit_generation(
-            studio, prepared, priority=body.priority, webhook_url=body.webhook_url, extra={"origin": "api"}
+            studio,
+            prepared,
+            priority=body.priority,
+            owner=request_owner(request),
+            webhook_url=body.webhook_url,
+            extra={"origin": "api"},
         )
         return job_view(studio, job)
 
     @router.post(
         "/train", status_code=202, summary="Queue LoRA training on a zip in the training-data bucket"
     )
-    def train(body: TrainBody, studio: StudioDep) -> dict[str, Any]:
+    def train(body: TrainBody, request: Request, studio: StudioDep) -> dict[str, Any]:
         key = body.training_data
         if not key.startswith("training-data/"):
             key = f"training-data/{key}"
@@ -217,6 +237,7 @@ def build_native_router(config: StudioConfig) -> APIRouter:
             base=body.base,
             preset=body.preset,
             priority=body.priority,
+            owner=request_owner(request),
             webhook_url=body.webhook_url,
         )
         return job_view(studio, job)
@@ -329,6 +350,7 @@ def build_native_router(config: StudioConfig) -> APIRouter:
         finally:
             staging.unlink(missing_ok=True)
         if not start:
+            await run_in_threadpool(_hold_training_upload, studio, key)
             response.status_code = 201
             return {"key": key, "job": None}
         job = await run_in_threadpool(_start_training_upload, studio, key)
@@ -376,6 +398,13 @@ def _store_train_config(studio: Studio, key: str, body: bytes) -> None:
     config = read_train_config(body, name=PurePosixPath(key).name)
     check_train_config(studio, config)
     studio.storage.put_bytes(key, body)
+
+
+def _hold_training_upload(studio: Studio, key: str) -> None:
+    """``start=false``: record the upload as handled so the bucket watcher does not train it on its own."""
+    version = _object_version(studio.storage, key)
+    if studio.ledger.claim_object("training-data", key, version, worker_id="api"):
+        studio.ledger.mark_done("training-data", key, version)
 
 
 def _start_training_upload(studio: Studio, key: str) -> Job | None:

@@ -318,6 +318,7 @@ export function selectRun(job, name = null) {
     if (currentRun !== run) return;
     showRunState(snapshot);
     addLossPoint(run, snapshot);
+    if (snapshot.info?.samples?.length) showSamples(run, snapshot.info.samples);
   };
   if (job.finished_at) {
     showRunResults(run, job);
@@ -332,6 +333,24 @@ export function selectRun(job, name = null) {
     .catch((error) => {
       if (error.name !== "AbortError") $("#t-run-error").textContent = error.message;
     });
+}
+
+// Samples arrive per epoch while a run trains (job.info.samples: storage keys), and all of them with the results.
+function showSamples(run, samples) {
+  const keys = samples.map((sample) => (typeof sample === "string" ? sample : sample.key));
+  if (keys.join("|") === (run.sampleKeys || []).join("|")) return;
+  run.sampleKeys = keys;
+  $("#t-samples-wrap").hidden = !samples.length;
+  $("#t-samples").replaceChildren(
+    ...samples.map((sample) => {
+      const key = typeof sample === "string" ? sample : sample.key;
+      const img = h("img", { alt: `Sample, ${sampleCaption(key)}`, loading: "lazy" });
+      fileObjectUrl(sample.url || fileUrl(key)).then((url) => {
+        img.src = url;
+      });
+      return h("figure", {}, img, h("figcaption", {}, sampleCaption(key)));
+    }),
+  );
 }
 
 async function showRunResults(run, job) {
@@ -353,17 +372,7 @@ async function showRunResults(run, job) {
     }
   }
   drawLossChart($("#t-loss-chart"), run.points);
-  const samples = results.samples || [];
-  $("#t-samples-wrap").hidden = !samples.length;
-  $("#t-samples").replaceChildren(
-    ...samples.map((sample) => {
-      const img = h("img", { alt: `Sample, ${sampleCaption(sample.key)}`, loading: "lazy" });
-      fileObjectUrl(sample.url || fileUrl(sample.key)).then((url) => {
-        img.src = url;
-      });
-      return h("figure", {}, img, h("figcaption", {}, sampleCaption(sample.key)));
-    }),
-  );
+  showSamples(run, results.samples || []);
   if (model.name) {
     $("#t-use-wrap").hidden = false;
     const trigger = knownTriggers.get(model.name);

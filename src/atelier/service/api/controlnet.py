@@ -1,0 +1,156 @@
+"""ControlNet routes: the native ``/api/controlnet/...`` and sd-webui-controlnet's ``/controlnet/...``.
+
+Generation itself takes control units through the generate routes (``controlnet_units`` natively,
+``alwayson_scripts.controlnet.args`` on the A1111 routes); these routes list models and modules and run a
+preprocessor alone, so a user sees the map before generating.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from atelier.engine import preprocessors
+from atelier.errors import AtelierError
+from atelier.service.controlnets import controlnet_library, parse_units, png_base64
+from atelier.service.security import decode_image
+from atelier.service.studio import Studio
+
+# The extension's API version that webuiapi's ControlNet calls expect.
+EXTENSION_API_VERSION = 2
+MAX_PREVIEW_SIDE = 2048
+
+
+def get_studio(request: Request) -> Studio:
+    return request.app.state.studio
+
+
+StudioDep = Annotated[Studio, Depends(get_studio)]
+
+
+class PreviewBody(BaseModel):
+    """One image through one preprocessor, fitted to the generation size as the ControlNet will see it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str | None = Field(default=None, description="base64 image")
+    image_key: str | None = Field(default=None, description="a stored output image instead of image")
+    module: str = "none"
+    width: int = Field(default=512, ge=64, le=MAX_PREVIEW_SIDE)
+    height: int = Field(default=512, ge=64, le=MAX_PREVIEW_SIDE)
+    resize_mode: str | int = "Crop and Resize"
+    processor_res: int = -1
+    threshold_a: float = -1
+    threshold_b: float = -1
+    pixel_perfect: bool = False
+
+
+class DetectBody(BaseModel):
+    """sd-webui-controlnet's ``/controlnet/detect``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    controlnet_module: str = "none"
+    controlnet_input_images: list[str] = Field(default_factory=list)
+    controlnet_processor_res: int = 512
+    controlnet_threshold_a: float = -1
+    controlnet_threshold_b: float = -1
+
+
+def _modules() -> list[dict[str, Any]]:
+    return [
+        {"name": module, "needs_model": preprocessors.needs_model(module)} for module in preprocessors.MODULES
+    ]
+
+
+def build_controlnet_router() -> APIRouter:
+    router = APIRouter(tags=["controlnet"])
+
+    @router.get("/api/controlnet/models", summary="ControlNet models in models/controlnet/")
+    def models(studio: StudioDep) -> dict[str, Any]:
+        library = controlnet_library(studio.storage, studio.config.cache_dir)
+        return {"models": library.model_list(), "max_units": studio.config.max_controlnet_units}
+
+    @router.get("/api/controlnet/modules", summary="Preprocessors and the settings they take")
+    def modules() -> dict[str, Any]:
+        from atelier.engine.controlnet import CONTROL_MODES
+
+        return {
+            "modules": _modules(),
+            "aliases": preprocessors.MODULE_ALIASES,
+            "control_modes": list(CONTROL_MODES),
+            "resize_modes": list(preprocessors.RESIZE_MODES),
+        }
+
+    @router.post("/api/controlnet/preview", summary="The control map a preprocessor makes of an image (PNG)")
+    def preview(body: PreviewBody, studio: StudioDep) -> dict[str, Any]:
+        unit = parse_units(
+            [body.model_dump(include={"image", "image_key", *_UNIT_PREVIEW_FIELDS}, exclude_none=True)],
+            storage=studio.storage,
+            max_pixels=studio.config.max_image_pixels,
+        )[0]
+        if unit.image is None:
+            raise AtelierError("image is missing: send a base64 image or an image_key", field="image")
+        unit.model = "preview"  # validate() wants a model name; a preview runs no ControlNet
+        unit.validate(0)
+        control_map = unit.control_image(unit.image, width=body.width, height=body.height)
+        return {
+            "image": png_base64(control_map),
+            "module": unit.module,
+            "width": control_map.width,
+            "height": control_map.height,
+        }
+
+    @router.get("/controlnet/version", summary="sd-webui-controlnet API version")
+    def version() -> dict[str, int]:
+        return {"version": EXTENSION_API_VERSION}
+
+    @router.get("/controlnet/model_list", summary="sd-webui-controlnet: ControlNet models")
+    def model_list(studio: StudioDep) -> dict[str, list[str]]:
+        return {"model_list": controlnet_library(studio.storage, studio.config.cache_dir).model_list()}
+
+    @router.get("/controlnet/module_list", summary="sd-webui-controlnet: preprocessors")
+    def module_list(alias_names: bool = False) -> dict[str, Any]:
+        names = list(preprocessors.MODULES)
+        if alias_names:
+            aliases = {module: alias for alias, module in preprocessors.MODULE_ALIASES.items()}
+            names = [aliases.get(name, name) for name in names]
+        details = {
+            name: {"model_free": not preprocessors.needs_model(name), "sliders": []}
+            for name in preprocessors.MODULES
+        }
+        return {"module_list": names, "module_detail": details}
+
+    @router.post("/controlnet/detect", summary="sd-webui-controlnet: run a preprocessor on images")
+    def detect(body: DetectBody, studio: StudioDep) -> dict[str, Any]:
+        module = preprocessors.canonical_module(body.controlnet_module)
+        images = []
+        for index, encoded in enumerate(body.controlnet_input_images):
+            image = decode_image(
+                encoded, field=f"controlnet_input_images[{index}]", max_pixels=studio.config.max_image_pixels
+            )
+            detected = preprocessors.preprocess(
+                image,
+                module,
+                processor_res=body.controlnet_processor_res,
+                threshold_a=body.controlnet_threshold_a,
+                threshold_b=body.controlnet_threshold_b,
+            )
+            from PIL import Image
+
+            images.append(png_base64(Image.fromarray(detected)))
+        return {"images": images, "info": "Success"}
+
+    return router
+
+
+_UNIT_PREVIEW_FIELDS = (
+    "module",
+    "resize_mode",
+    "processor_res",
+    "threshold_a",
+    "threshold_b",
+    "pixel_perfect",
+)
