@@ -14,6 +14,7 @@ from atelier import __version__
 from atelier.service.api.a1111 import build_a1111_router
 from atelier.service.api.campaign import build_campaign_router
 from atelier.service.api.common import AuthMiddleware, JobWaiter, install_error_handlers
+from atelier.service.api.controlnet import build_controlnet_router
 from atelier.service.api.native import build_native_router
 from atelier.service.metrics import StudioMetrics
 from atelier.service.security import AccessPolicy
@@ -63,6 +64,7 @@ def create_app(
     # answer from outside AuthMiddleware, in plain text instead of the API's JSON error.
     app.include_router(build_native_router(studio.config), max_body_size=studio.config.max_request_bytes)
     app.include_router(build_a1111_router(), max_body_size=studio.config.max_request_bytes)
+    app.include_router(build_controlnet_router(), max_body_size=studio.config.max_request_bytes)
     app.include_router(build_campaign_router(), max_body_size=studio.config.max_request_bytes)
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (queue depth, job latency)")

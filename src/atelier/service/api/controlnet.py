@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from atelier.engine import preprocessors
@@ -86,16 +87,22 @@ def build_controlnet_router() -> APIRouter:
 
     @router.post("/api/controlnet/preview", summary="The control map a preprocessor makes of an image (PNG)")
     def preview(body: PreviewBody, studio: StudioDep) -> dict[str, Any]:
-        unit = parse_units(
-            [body.model_dump(include={"image", "image_key", *_UNIT_PREVIEW_FIELDS}, exclude_none=True)],
-            storage=studio.storage,
-            max_pixels=studio.config.max_image_pixels,
-        )[0]
-        if unit.image is None:
-            raise AtelierError("image is missing: send a base64 image or an image_key", field="image")
-        unit.model = "preview"  # validate() wants a model name; a preview runs no ControlNet
-        unit.validate(0)
-        control_map = unit.control_image(unit.image, width=body.width, height=body.height)
+        try:
+            unit = parse_units(
+                [body.model_dump(include={"image", "image_key", *_UNIT_PREVIEW_FIELDS}, exclude_none=True)],
+                storage=studio.storage,
+                max_pixels=studio.config.max_image_pixels,
+            )[0]
+            if unit.image is None:
+                raise AtelierError("image is missing: send a base64 image or an image_key", field="image")
+            unit.model = "preview"  # validate() wants a model name; a preview runs no ControlNet
+            unit.validate(0)
+            control_map = unit.control_image(unit.image, width=body.width, height=body.height)
+        except AtelierError as problem:
+            # The unit's checks name "controlnet_units[0].<field>"; this body has the fields at the top.
+            unit_prefix = "controlnet_units[0]."
+            field = (problem.field or "").removeprefix(unit_prefix) or None
+            raise type(problem)(str(problem).replace(unit_prefix, ""), field=field) from None
         return {
             "image": png_base64(control_map),
             "module": unit.module,
@@ -126,6 +133,11 @@ def build_controlnet_router() -> APIRouter:
     @router.post("/controlnet/detect", summary="sd-webui-controlnet: run a preprocessor on images")
     def detect(body: DetectBody, studio: StudioDep) -> dict[str, Any]:
         module = preprocessors.canonical_module(body.controlnet_module)
+        low, high = preprocessors.PROCESSOR_RES_RANGE
+        if not low <= body.controlnet_processor_res <= high:
+            raise AtelierError(
+                f"controlnet_processor_res must be between {low} and {high}", field="controlnet_processor_res"
+            )
         images = []
         for index, encoded in enumerate(body.controlnet_input_images):
             image = decode_image(
@@ -138,8 +150,6 @@ def build_controlnet_router() -> APIRouter:
                 threshold_a=body.controlnet_threshold_a,
                 threshold_b=body.controlnet_threshold_b,
             )
-            from PIL import Image
-
             images.append(png_base64(Image.fromarray(detected)))
         return {"images": images, "info": "Success"}
 

@@ -1,5 +1,6 @@
 // Entry point: tabs, the API key dialog, and loading what the studio offers.
 
+import { initAds, refreshAdsGallery } from "./ads.js";
 import { apiEvents, getKey, setKey } from "./api.js";
 import { refreshCatalog } from "./catalog.js";
 import { $, $$, toast } from "./dom.js";
@@ -10,7 +11,7 @@ import { initModels } from "./models.js";
 import { initQueue, setQueueVisible } from "./queue.js";
 import { initTraining, refreshRuns } from "./training.js";
 
-const TABS = ["txt2img", "img2img", "inpaint", "history", "models", "training", "queue"];
+const TABS = ["txt2img", "img2img", "inpaint", "history", "models", "training", "queue", "ads"];
 let currentTab = null;
 
 function panelFor(tab) {
@@ -30,6 +31,7 @@ export function selectTab(tab, { focus = false } = {}) {
   if (isGenerateMode(tab)) setMode(tab);
   if (tab === "history") refreshHistory();
   if (tab === "training") refreshRuns();
+  if (tab === "ads") refreshAdsGallery();
   setQueueVisible(tab === "queue");
   if (location.hash !== `#${tab}`) history.replaceState(null, "", `#${tab}`);
 }
@@ -138,6 +140,7 @@ initHistory();
 initModels();
 initTraining({ selectTab, insertLora: addLoraToPrompt });
 initQueue();
+initAds();
 selectTab(location.hash.slice(1) || "txt2img");
 loadStudio().then((ok) => {
   document.body.dataset.ready = ok ? "true" : "needs-key";
