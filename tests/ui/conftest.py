@@ -51,15 +51,7 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStudio]:
     server = StudioServer(config, log_level="warning")
     mount_ui(server.app)
     url = server.start()
-    parts = server.studio
-    worker = Worker(
-        config=parts.config,
-        store=parts.store,
-        storage=parts.storage,
-        registry=parts.registry,
-        ledger=parts.ledger,
-        settings=parts.settings,
-    )
+    worker = Worker(server.studio)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:

@@ -17,9 +17,14 @@ def load_image(path: str | os.PathLike[str], *, what: str):
     path = Path(path)
     if not path.is_file():
         raise AtelierError(f"{what} not found: {path}", field=what)
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
         with Image.open(path) as image:
+            # Checked from the header, before any pixel is decoded.
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise AtelierError(
+                    f"{what} {path} has {image.width}x{image.height} pixels, more than {MAX_IMAGE_PIXELS}",
+                    field=what,
+                )
             image.load()
             return image.copy()
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:

@@ -245,7 +245,9 @@ def decode_image(text: object, *, field: str, max_pixels: int) -> Image.Image:
         image = Image.open(io.BytesIO(data))
         check_pixels(image.width, image.height, max_pixels, field=field)
         image.load()
-    except (UnidentifiedImageError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:
+        raise AtelierError(f"{field} has more pixels than the limit of {max_pixels}", field=field) from None
+    except UnidentifiedImageError:
         raise AtelierError(
             f"{field} is not an image Atelier can read (PNG, JPEG or WebP)", field=field
         ) from None

@@ -2,6 +2,7 @@
 
 import { ApiError, api, dataUrl, fileObjectUrl, fileUrl, followJob } from "./api.js";
 import { catalog, findCheckpoint, isSdxl } from "./catalog.js";
+import { controlNetUnits, initControlNet } from "./controlnet.js";
 import { $, $$, describeJob, h, pairSlider, progressBar, setProgress, shortId, toast } from "./dom.js";
 import { clearErrors, showError, showFieldError } from "./fields.js";
 import { MaskEditor } from "./maskeditor.js";
@@ -326,6 +327,8 @@ async function buildRequest() {
     if (field.refinerPrompt.value.trim()) body.refiner_prompt = field.refinerPrompt.value;
     if (field.refinerNegative.value.trim()) body.refiner_negative_prompt = field.refinerNegative.value;
   }
+  const controlnetUnits = await controlNetUnits();
+  if (controlnetUnits) body.controlnet_units = controlnetUnits;
   return body;
 }
 
@@ -701,5 +704,6 @@ export function initGenerate({ selectTab, afterJob }) {
       await setSource(target, new File([blob], image.key.split("/").pop(), { type: "image/png" }));
     },
   });
+  initControlNet();
   setMode("txt2img");
 }
