@@ -29,8 +29,16 @@ def test_controlnet_panel_previews_the_map_and_controls_the_generation(open_page
     page.click("#controlnet-section summary")
     page.wait_for_function("document.querySelector('#cn-model').value.startsWith('tiny-cn-sd15')")
     assert hint.inner_text() == ""
-    for name in ("Control image", "Preprocessor", "ControlNet model", "Weight", "Guidance start", "Guidance end",
-                 "Control mode", "Enable ControlNet"):
+    for name in (
+        "Control image",
+        "Preprocessor",
+        "ControlNet model",
+        "Weight",
+        "Guidance start",
+        "Guidance end",
+        "Control mode",
+        "Enable ControlNet",
+    ):
         assert page.get_by_label(name, exact=True).count() == 1, name
 
     page.select_option("#cn-module", "canny")
@@ -64,7 +72,9 @@ def test_enabled_controlnet_without_an_image_says_so_at_the_image_field(open_pag
     page = open_page("img2img")
     page.click("#controlnet-section summary")
     page.check("#cn-enabled")
-    page.set_input_files("#g-init-file", {"name": "source.png", "mimeType": "image/png", "buffer": control_png()})
+    page.set_input_files(
+        "#g-init-file", {"name": "source.png", "mimeType": "image/png", "buffer": control_png()}
+    )
     page.click("#g-submit")
     error = page.wait_for_selector("[data-field='controlnet_units[0].image'] .field-error")
     assert "control image" in error.inner_text()
