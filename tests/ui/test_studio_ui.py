@@ -227,7 +227,7 @@ def test_training_from_images_and_typed_captions_makes_a_lora_for_the_picker(ope
     page.fill("[data-option=resolution]", "64")
     page.fill("[data-option=train_batch_size]", "2")
     page.fill("[data-option=network_dim]", "4")
-    page.click(".advanced summary")
+    page.click("#training-advanced summary")
     fill(
         page,
         {
