@@ -59,7 +59,8 @@ class _EncoderSlot:
 
     def __post_init__(self) -> None:
         # Chunks break after a comma when they can (A1111's comma backtrack).
-        self.comma = self.tokenizer.get_vocab().get(",</w>")
+        comma = self.tokenizer.convert_tokens_to_ids(",</w>")
+        self.comma = None if comma == self.tokenizer.unk_token_id else comma
 
 
 class PromptEncoder:
