@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from atelier.errors import AtelierError
+from atelier.training.dataset_config import toml_type_name
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
@@ -411,22 +412,6 @@ FIELD_TYPES: dict[str, Any] = typing.get_type_hints(TrainConfig)
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig))
 
 
-def _type_name(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "table"
-    return type(value).__name__
-
-
 def _alternatives(annotation: Any) -> tuple[Any, ...]:
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return typing.get_args(annotation)
@@ -476,7 +461,8 @@ def check_value(key: str, value: Any, where: str = "the config") -> Any:
                 return float(value)
             return value
     raise AtelierError(
-        f"`{key}` in {where} must be {_describe(annotation)}, got {value!r} ({_type_name(value)})", field=key
+        f"`{key}` in {where} must be {_describe(annotation)}, got {value!r} ({toml_type_name(value)})",
+        field=key,
     )
 
 

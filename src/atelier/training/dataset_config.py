@@ -70,7 +70,8 @@ class DatasetConfig:
 # Key checking
 
 
-def _type_name(value: Any) -> str:
+def toml_type_name(value: Any) -> str:
+    """The TOML name of a value's type, for error messages."""
     if isinstance(value, bool):
         return "boolean"
     if isinstance(value, int):
@@ -88,7 +89,7 @@ def _type_name(value: Any) -> str:
 
 def _wrong_type(key: str, where: str, expected: str, value: Any) -> AtelierError:
     return AtelierError(
-        f"`{key}` in {where} must be {expected}, got {value!r} ({_type_name(value)})", field=key
+        f"`{key}` in {where} must be {expected}, got {value!r} ({toml_type_name(value)})", field=key
     )
 
 
@@ -246,7 +247,7 @@ def _unknown_key(key: str, where: str) -> AtelierError:
 
 def _table(value: Any, where: str) -> Mapping[str, Any]:
     if not isinstance(value, dict):
-        raise AtelierError(f"{where} must be a table, got {_type_name(value)}", field=where)
+        raise AtelierError(f"{where} must be a table, got {toml_type_name(value)}", field=where)
     return value
 
 
