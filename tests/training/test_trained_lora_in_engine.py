@@ -67,24 +67,21 @@ def test_trained_lora_tag_equals_diffusers_load_lora_weights(tiny_models, tmp_pa
     pipe = cls.from_pretrained(str(model), **extra)
     pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    plain = pipe(
-        "oue car, photo",
-        negative_prompt="blurry",
-        num_inference_steps=3,
-        width=64,
-        height=64,
-        guidance_scale=7.0,
-        generator=torch.Generator("cpu").manual_seed(11),
-    ).images[0]
+
+    def diffusers_image() -> np.ndarray:
+        image = pipe(
+            "oue car, photo",
+            negative_prompt="blurry",
+            num_inference_steps=3,
+            width=64,
+            height=64,
+            guidance_scale=7.0,
+            generator=torch.Generator("cpu").manual_seed(11),
+        ).images[0]
+        return np.asarray(image, dtype=np.int16)
+
+    plain = diffusers_image()
     pipe.load_lora_weights(str(result.diffusers_file))
-    theirs = pipe(
-        "oue car, photo",
-        negative_prompt="blurry",
-        num_inference_steps=3,
-        width=64,
-        height=64,
-        guidance_scale=7.0,
-        generator=torch.Generator("cpu").manual_seed(11),
-    ).images[0]
-    assert np.abs(ours - np.asarray(theirs, dtype=np.int16)).max() <= 2
-    assert (ours != np.asarray(plain, dtype=np.int16)).any()
+    theirs = diffusers_image()
+    assert np.abs(ours - theirs).max() <= 2
+    assert (ours != plain).any()
