@@ -1,38 +1,60 @@
 # The two commands in the README's first section are `make studio` and `make test`.
-PYTHON ?= python3
+#
+# Everything installs into a virtual environment (the active one, else ./.venv, made on first use) from
+# requirements.lock, the tested version of every package. torch is the one package the lock leaves to this
+# step: the CPU build of TORCH_VERSION here; GPU users install a CUDA build of the same version into the
+# environment first (see README), and it is kept.
+VENV ?= $(or $(VIRTUAL_ENV),.venv)
+PYTHON = $(VENV)/bin/python
 PIP = $(PYTHON) -m pip
-# CPU build of PyTorch first: an unpinned torch pulls several GB of CUDA packages. GPU users install a CUDA
-# build of the same version before running make (see README), and pip keeps it.
+LOCK = requirements.lock
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install install-test studio test lint format bench
+.PHONY: install install-test studio test lint format bench lock lock-check upgrade-check upgrade
 
-install:
-	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==$(TORCH_VERSION)
-	$(PIP) install -e .
+$(PYTHON):
+	python3 -m venv $(VENV)
 
-install-test:
-	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==$(TORCH_VERSION)
-	$(PIP) install -e ".[test]"
+install: $(PYTHON)
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -c $(LOCK) torch==$(TORCH_VERSION)
+	$(PIP) install -c $(LOCK) -e .
+
+install-test: $(PYTHON)
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -c $(LOCK) torch==$(TORCH_VERSION)
+	$(PIP) install -c $(LOCK) -e ".[test]"
 	# The UI tests drive Debian's Chromium (Playwright never downloads a browser here).
 	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 studio: install
-	atelier serve
+	$(VENV)/bin/atelier serve
 
 lint:
-	$(PYTHON) -m ruff check src tests bench
-	$(PYTHON) -m ruff format --check src tests bench
+	$(PYTHON) -m ruff check src tests bench tools
+	$(PYTHON) -m ruff format --check src tests bench tools
 
 test: install-test lint
 	$(PYTHON) -m pytest -q
 
 format:
-	$(PYTHON) -m ruff format src tests bench
-	$(PYTHON) -m ruff check --fix src tests bench
+	$(PYTHON) -m ruff format src tests bench tools
+	$(PYTHON) -m ruff check --fix src tests bench tools
 
 bench: install-test
 	$(PYTHON) bench/engine_vs_diffusers.py
 	$(PYTHON) bench/prompt_encoding.py
 	$(PYTHON) bench/train_vs_diffusers.py
 	$(PYTHON) bench/service_vs_engine.py
+
+# Dependencies (tools/deps.py explains each step).
+lock: $(PYTHON)
+	$(PIP) install -q -c $(LOCK) uv packaging
+	$(PYTHON) tools/deps.py lock
+
+lock-check:
+	$(PYTHON) tools/deps.py check
+
+upgrade-check: install-test
+	$(PYTHON) tools/deps.py upgrade-check
+
+upgrade: install-test
+	$(PYTHON) tools/deps.py upgrade-check --write
