@@ -42,7 +42,6 @@ import json
 import re
 import shutil
 import subprocess
-import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +51,6 @@ import numpy as np
 from PIL import Image, ImageColor, ImageDraw, ImageFilter, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from atelier import __version__
-from atelier.campaign.files import write_atomic
 from atelier.campaign.templates import (
     ImageSlot,
     ItemStyle,
@@ -74,6 +72,7 @@ from atelier.campaign.text import (
     ink_width,
 )
 from atelier.errors import AtelierError, NotFoundError, UnsafeFileError
+from atelier.files import read_toml, write_atomic
 
 RGB = tuple[int, int, int]
 Rect = tuple[int, int, int, int]
@@ -341,11 +340,7 @@ def load_ad_spec(path: Path) -> AdSpec:
     path = Path(path)
     if not path.is_file():
         raise NotFoundError(f"ad spec not found: {path}")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise AtelierError(f"{path.name} is not valid TOML: {exc}") from exc
-    return parse_ad_spec(data, path.parent)
+    return parse_ad_spec(read_toml(path, what="ad spec"), path.parent)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,6 @@ import io
 import json
 import os
 import string
-import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,7 +41,6 @@ import httpx
 from PIL import Image, UnidentifiedImageError
 
 from atelier.campaign.contact_sheet import MANIFEST_NAME
-from atelier.campaign.files import write_text_atomic
 from atelier.engine.generate import Engine, GeneratedImage
 from atelier.engine.infotext import parse_infotext, read_infotext
 from atelier.engine.library import check_name
@@ -51,6 +49,7 @@ from atelier.engine.output import save_image
 from atelier.engine.request import INPAINTING_FILL_MODES, GenerationRequest
 from atelier.engine.samplers import resolve_sampler
 from atelier.errors import AtelierError
+from atelier.files import read_toml, write_text_atomic
 
 MAX_PHOTO_PIXELS = 64 * 1024 * 1024
 MODEL_HASH_LENGTH = 10  # A1111's short model hash: enough to tell checkpoints apart, same in both modes
@@ -283,14 +282,7 @@ def _parse_scene(table: Any, index: int) -> Scene:
 def load_scenes(path: str | os.PathLike[str]) -> list[Scene]:
     """Read and check a scenes TOML file; any problem raises AtelierError naming the scene and key."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AtelierError(f"scenes file not found: {path}", field="scenes") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AtelierError(f"cannot read scenes file {path}: {exc}", field="scenes") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise AtelierError(f"scenes file {path} is not valid TOML: {exc}", field="scenes") from None
+    data = read_toml(path, what="scenes file", field="scenes")
     _check_keys(data, ("scene",), path.name)
     tables = data.get("scene")
     if not isinstance(tables, list) or not tables:

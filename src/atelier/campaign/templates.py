@@ -25,7 +25,6 @@ Item styles come from the template's ``[styles.<item>]`` tables, overridden per 
 from __future__ import annotations
 
 import difflib
-import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 from PIL import ImageColor
 
 from atelier.errors import AtelierError, NotFoundError
+from atelier.files import read_toml
 
 BUILTIN_DIR = Path(__file__).parent / "templates"
 ORIENTATIONS = ("square", "landscape", "portrait")
@@ -226,10 +226,7 @@ def load_template(name_or_path: str, base_dir: Path | None = None) -> Template:
 
 
 def parse_template_file(path: Path) -> Template:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise AtelierError(f"template {path.name} is not valid TOML: {exc}", field="template") from exc
+    data = read_toml(path, what="template", field="template")
     return _TemplateParser(path).template(data)
 
 

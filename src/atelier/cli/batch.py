@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-sheet", action="store_true", help="do not write the DIR/index.html contact sheet"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, uses_models=True)
 
 
 def run(args: argparse.Namespace) -> int:

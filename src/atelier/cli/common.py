@@ -31,6 +31,20 @@ def load_image(path: str | os.PathLike[str], *, what: str):
         raise AtelierError(f"{what} {path} is not a readable image ({exc})", field=what) from None
 
 
+def writable_folder(path: str | os.PathLike[str], *, what: str) -> Path:
+    """Create the output folder ``path`` (and its parents) now, so a bad choice fails before any work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AtelierError(f"{what} {path} is a file; give a folder", field=what)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AtelierError(f"cannot create {what} folder {path}: {exc.strerror or exc}", field=what) from None
+    if not os.access(path, os.W_OK):
+        raise AtelierError(f"{what} folder {path} is not writable", field=what)
+    return path
+
+
 def quiet_libraries() -> None:
     """Library progress bars and warnings would drown the CLI's own progress bar."""
     import warnings

@@ -6,8 +6,9 @@ import argparse
 import os
 from pathlib import Path
 
-from atelier.cli.common import DEFAULT_DATA_DIR, load_image, quiet_libraries
+from atelier.cli.common import DEFAULT_DATA_DIR, load_image, quiet_libraries, writable_folder
 from atelier.errors import AtelierError
+from atelier.files import write_atomic
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -96,7 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, default=DEFAULT_DATA_DIR / "outputs", help="output folder")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, uses_models=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     resolve_sampler(args.sampler, args.schedule_type)
     init = load_image(args.init, what="init image") if args.init else None
     mask = load_image(args.mask, what="mask") if args.mask else None
+    writable_folder(args.out, what="--out")
     quiet_libraries()
     library = ModelLibrary(args.models_dir)
     model_path = library.resolve(args.model) if args.model else _default_model(library)
@@ -259,19 +261,7 @@ def _per_unit(values: list[str], count: int, option: str, short_names: dict[str,
 
 
 def _write_png(image, path: Path) -> Path:
-    """Write atomically: a temporary file in the same folder, then renamed over the target."""
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as temp_file:
-            image.save(temp_file, format="PNG")
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda temp: image.save(temp, format="PNG"))
 
 
 def _default_model(library) -> Path:

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     tiny.add_argument("dir", type=Path, help="output folder (diffusers layout)")
     tiny.add_argument("--overwrite", action="store_true")
-    tiny.set_defaults(func=run_create_tiny)
+    tiny.set_defaults(func=run_create_tiny, uses_models=True)
 
     listing = sub.add_parser("list", help="list the checkpoints in the models folder")
     listing.add_argument("--models-dir", type=Path, default=DEFAULT_DATA_DIR / "models")
@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export = sub.add_parser("export", help="write a diffusers folder as one A1111/ComfyUI .safetensors file")
     export.add_argument("dir", type=Path, help="diffusers model folder")
     export.add_argument("out", type=Path, help="output .safetensors file")
-    export.set_defaults(func=run_export)
+    export.set_defaults(func=run_export, uses_models=True)
 
 
 def run_create_tiny(args: argparse.Namespace) -> int:
@@ -88,9 +88,11 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from atelier.cli.common import writable_folder
     from atelier.engine.convert import save_single_file
     from atelier.engine.models import detect_architecture
 
     arch = detect_architecture(args.dir)
+    writable_folder(Path(args.out).parent, what="output")
     print(save_single_file(args.dir, args.out, arch))
     return 0

@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-watch", action="store_true", help="do not watch the training-data and models buckets"
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, uses_models=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -94,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         settings.add_argument(
             *flags, dest=name, type=parse, default=argparse.SUPPRESS, help=help_texts[name], **extra
         )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, uses_models=True)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

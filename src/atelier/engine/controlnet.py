@@ -48,6 +48,7 @@ from atelier.engine import preprocessors
 from atelier.engine.architectures import config_dir
 from atelier.engine.library import check_name
 from atelier.errors import AtelierError, NotFoundError
+from atelier.files import write_atomic
 
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
 DEFAULT_MAX_UNITS = 3
@@ -433,17 +434,8 @@ def save_single_file(controlnet_dir: str | os.PathLike[str], out_path: str | os.
         raise AtelierError(f"output file {out.name!r} must end in .safetensors", field="out_path")
     config = controlnet_config(folder)
     state_dict = load_file(_folder_weights(folder), device="cpu")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(handle)
-    try:
-        metadata = {"format": "pt", CONFIG_METADATA_KEY: json.dumps({"config.json": config})}
-        save_file(state_dict, temp_name, metadata=metadata)
-        os.replace(temp_name, out)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return out
+    metadata = {"format": "pt", CONFIG_METADATA_KEY: json.dumps({"config.json": config})}
+    return write_atomic(out, lambda temp: save_file(state_dict, str(temp), metadata=metadata))
 
 
 # -- running units ----------------------------------------------------------------------------------------------

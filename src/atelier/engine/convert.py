@@ -13,9 +13,7 @@ unpickling a user's file can run code.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
@@ -24,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from atelier.engine.architectures import ARCHITECTURES, SDXL_ARCHITECTURES
 from atelier.errors import AtelierError, NotFoundError, UnsafeFileError
+from atelier.files import write_atomic
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -151,21 +150,12 @@ def save_single_file(
         key: (tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor).contiguous()
         for key, tensor in state_dict.items()
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(handle)
-    try:
-        metadata = {
-            "format": "pt",
-            "atelier_architecture": arch,
-            CONFIG_METADATA_KEY: _folder_configs(Path(pipeline_dir)),
-        }
-        save_file(state_dict, temp_name, metadata=metadata)
-        os.replace(temp_name, out)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return out
+    metadata = {
+        "format": "pt",
+        "atelier_architecture": arch,
+        CONFIG_METADATA_KEY: _folder_configs(Path(pipeline_dir)),
+    }
+    return write_atomic(out, lambda temp: save_file(state_dict, str(temp), metadata=metadata))
 
 
 # Atelier-written files carry their diffusers configs, so a file whose sizes differ from the standard architecture

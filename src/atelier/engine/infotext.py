@@ -24,12 +24,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from atelier.errors import AtelierError, NotFoundError
+from atelier.files import write_atomic
 
 PARAMETERS_KEY = "parameters"
 NEGATIVE_PROMPT_PREFIX = "Negative prompt:"
@@ -137,18 +137,7 @@ def write_png(
             raise ValueError(f"extra text chunk {PARAMETERS_KEY!r} would replace the infotext")
         png_info.add_text(key, value)
 
-    # Same folder as the target so os.replace is an atomic rename, never a cross-device copy; "x" mode (not
-    # mkstemp) so the file gets the usual umask permissions rather than 0600.
-    temp_path = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
-    try:
-        with open(temp_path, "xb") as temp_file:
-            image.save(temp_file, format="PNG", pnginfo=png_info)
-            temp_file.flush()
-            os.fsync(temp_file.fileno())
-        os.replace(temp_path, target)
-    except BaseException:
-        temp_path.unlink(missing_ok=True)
-        raise
+    write_atomic(target, lambda temp: image.save(temp, format="PNG", pnginfo=png_info))
 
 
 def read_infotext(path_or_image: str | os.PathLike[str] | Image.Image) -> str | None:

@@ -23,6 +23,7 @@ from PIL import Image
 
 from atelier.engine.controlnet import ControlNetLibrary, ControlUnit, detect_controlnet_architecture
 from atelier.errors import AtelierError
+from atelier.files import write_text_atomic
 from atelier.service.registry import ModelRecord
 from atelier.service.security import decode_image
 from atelier.service.storage import Storage, check_key
@@ -62,9 +63,7 @@ def controlnet_library(storage: Storage, cache_dir: str | os.PathLike[str]) -> C
         current[relative] = item.version
         if known.get(relative) != item.version or not (mirror / relative).is_file():
             storage.get_file(item.key, mirror / relative)
-    temporary = versions_file.with_name(f"{_MIRROR_VERSIONS}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(current))
-    os.replace(temporary, versions_file)
+    write_text_atomic(versions_file, json.dumps(current))
     return ControlNetLibrary(mirror)
 
 

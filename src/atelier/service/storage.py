@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,9 +24,10 @@ from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from atelier.errors import AtelierError, NotFoundError, UnsafeFileError
+from atelier.files import TEMP_PREFIX, write_atomic, write_bytes_atomic
 
 BUCKETS = ("training-data", "models", "outputs")
-TEMP_PREFIX = ".tmp-"
+
 MAX_KEY_BYTES = 1024  # S3's limit, applied everywhere so keys stay portable between backends
 
 
@@ -136,19 +136,10 @@ class Storage:
     def get_file(self, key: str, local_path: str | os.PathLike[str]) -> Path:
         """Download the object to ``local_path`` (atomically: readers never see a partial file); return it."""
         remote = self._path(key)
-        destination = Path(local_path)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=destination.parent, prefix=TEMP_PREFIX)
-        os.close(descriptor)
-        try:
-            if not self.fs.isfile(remote):
-                raise NotFoundError(f"storage object {key!r} not found", field="key")
-            self.fs.get_file(remote, temporary)
-            os.replace(temporary, destination)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        return destination
+        Path(local_path).parent.mkdir(parents=True, exist_ok=True)
+        if not self.fs.isfile(remote):
+            raise NotFoundError(f"storage object {key!r} not found", field="key")
+        return write_atomic(Path(local_path), lambda temp: self.fs.get_file(remote, str(temp)))
 
     def exists(self, key: str) -> bool:
         """True if an object is stored under ``key``."""
@@ -206,39 +197,14 @@ class LocalStorage(Storage):
             return super()._path(key, allow_bucket_only=True)
         return self._file(key).as_posix()
 
-    def _write_atomically(self, key: str, write: Any) -> None:
-        destination = self._file(key)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=destination.parent, prefix=TEMP_PREFIX, delete=False) as handle:
-            temporary = Path(handle.name)
-            try:
-                write(handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            except BaseException:
-                handle.close()
-                temporary.unlink(missing_ok=True)
-                raise
-        try:
-            os.replace(temporary, destination)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-
     def put_bytes(self, key: str, data: bytes) -> None:
         """Store ``data`` under ``key`` atomically, replacing any previous file."""
-        payload = bytes(data)
-        self._write_atomically(key, lambda handle: handle.write(payload))
+        write_bytes_atomic(self._file(key), bytes(data))
 
     def put_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
         """Copy the local file at ``local_path`` to ``key`` atomically."""
         source = _existing_file(local_path)
-
-        def copy(handle: Any) -> None:
-            with source.open("rb") as reader:
-                shutil.copyfileobj(reader, handle, length=1024 * 1024)
-
-        self._write_atomically(key, copy)
+        write_atomic(self._file(key), lambda temp: shutil.copyfile(source, temp))
 
     def local_path(self, key: str) -> Path | None:
         """The object's real path in the storage folder (whether or not it exists yet)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import random
-import tomllib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 from PIL import Image
 
 from atelier.errors import AtelierError
+from atelier.files import parse_toml
 from atelier.service.jobs import Job
 from atelier.service.registry import ModelRecord
 from atelier.service.security import check_pixels
@@ -221,12 +221,7 @@ def _submit(
 
 def read_train_config(data: bytes, *, name: str) -> dict[str, Any]:
     """Parse the TOML hyper-parameters uploaded next to a training zip."""
-    try:
-        return tomllib.loads(data.decode("utf-8-sig"))
-    except UnicodeDecodeError:
-        raise AtelierError(f"{name} is not UTF-8 text", field="config") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise AtelierError(f"{name} is not valid TOML: {exc}", field="config") from None
+    return parse_toml(data, name=name, field="config")
 
 
 def training_preset(base: ModelRecord) -> str:

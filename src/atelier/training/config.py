@@ -26,7 +26,6 @@ from __future__ import annotations
 import difflib
 import math
 import os
-import tomllib
 import types
 import typing
 from collections.abc import Mapping
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from atelier.errors import AtelierError
+from atelier.files import read_toml
 from atelier.training.dataset_config import toml_type_name
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts")
@@ -485,18 +485,7 @@ def _flatten(data: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError as exc:
-        raise AtelierError(f"training config not found: {path}", field="config") from exc
-    except UnicodeDecodeError as exc:
-        raise AtelierError(f"{path.name} is not UTF-8 text", field="config") from exc
-    except OSError as exc:
-        raise AtelierError(f"cannot read {path}: {exc.strerror or exc}", field="config") from exc
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise AtelierError(f"{path.name} is not valid TOML: {exc}", field="config") from exc
+    return read_toml(path, what="training config", field="config")
 
 
 def load_train_config(

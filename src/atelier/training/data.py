@@ -7,6 +7,7 @@ run see exactly the batches an uninterrupted one would have seen.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -22,6 +23,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from atelier.files import write_atomic
 from atelier.training.buckets import BucketManager, bucket_info, make_batches, resize_and_crop
 from atelier.training.dataset import ImageItem, load_image, process_caption
 from atelier.training.dataset_config import DatasetConfig
@@ -203,14 +205,9 @@ class LatentCache:
             if self.folder is None:
                 self.entries[key] = (latents, original_size, crop)
             else:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                temp = path.with_name(f".{path.name}.tmp")
-                save_file(
-                    {"latents": latents.contiguous()},
-                    str(temp),
-                    metadata={"original_size": json.dumps(original_size), "crop": json.dumps(crop)},
-                )
-                temp.replace(path)
+                tensors = {"latents": latents.contiguous()}
+                metadata = {"original_size": json.dumps(original_size), "crop": json.dumps(crop)}
+                write_atomic(path, functools.partial(_save_latents, tensors, metadata))
 
     def get(self, example: Example, flip: bool) -> tuple[torch.Tensor, Size, Size]:
         key = (str(example.item.path), example.bucket, flip)
@@ -226,3 +223,7 @@ class LatentCache:
         self.entries = {
             key: (latents.to(device), size, crop) for key, (latents, size, crop) in self.entries.items()
         }
+
+
+def _save_latents(tensors: dict[str, torch.Tensor], metadata: dict[str, str], temp: Path) -> None:
+    save_file(tensors, str(temp), metadata=metadata)

@@ -20,13 +20,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from atelier.errors import AtelierError, UnsafeFileError
+from atelier.files import read_toml
 
 logger = logging.getLogger(__name__)
 
@@ -401,16 +401,7 @@ def load_dataset_config(
 ) -> list[DatasetConfig]:
     """Read a kohya ``dataset.toml``; relative ``image_dir`` values resolve against the file's folder."""
     config_path = Path(path)
-    try:
-        text = config_path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError as exc:
-        raise AtelierError(f"dataset config not found: {config_path}", field="dataset_config") from exc
-    except UnicodeDecodeError as exc:
-        raise AtelierError(f"{config_path.name} is not UTF-8 text", field="dataset_config") from exc
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise AtelierError(f"{config_path.name} is not valid TOML: {exc}", field="dataset_config") from exc
+    data = read_toml(config_path, what="dataset config", field="dataset_config")
     return parse_dataset_config(data, config_path.parent, defaults=defaults, confine_to=confine_to)
 
 

@@ -40,6 +40,7 @@ import torch
 from safetensors.torch import save, save_file
 
 from atelier.engine.convert import _unet_key
+from atelier.files import write_atomic
 from atelier.training.config import TrainConfig
 
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -119,16 +120,7 @@ def addnet_hash(tensors: Mapping[str, torch.Tensor]) -> str:
 
 
 def _atomic_save(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file(dict(tensors), temp_name, metadata=dict(metadata))
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda temp: save_file(dict(tensors), str(temp), metadata=dict(metadata)))
 
 
 def save_kohya_lora(

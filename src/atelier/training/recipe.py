@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from atelier.errors import AtelierError
+from atelier.files import read_toml
 from atelier.training import lora_files, network, report
 from atelier.training.archive import extract_zip
 from atelier.training.config import TrainConfig
@@ -315,15 +316,8 @@ class LoraRecipe:
     def _dataset_configs(self, data_dir: Path | None, dataset_config: Path | None) -> list[DatasetConfig]:
         config = self.config
         if dataset_config is not None:
-            import tomllib
-
             path = Path(dataset_config)
-            try:
-                parsed = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
-            except FileNotFoundError:
-                raise AtelierError(f"dataset config not found: {path}", field="dataset_config") from None
-            except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-                raise AtelierError(f"{path.name} is not valid TOML: {exc}", field="dataset_config") from None
+            parsed = read_toml(path, what="dataset config", field="dataset_config")
             return parse_dataset_config(
                 parsed,
                 data_dir if data_dir is not None else path.parent,

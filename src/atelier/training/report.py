@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
+
+from atelier.files import write_atomic, write_text_atomic
 
 _WIDTH, _HEIGHT = 800, 450
 _LEFT, _RIGHT, _TOP, _BOTTOM = 70, 20, 40, 50
@@ -22,19 +22,6 @@ _RAW_COLOUR = (160, 190, 230)
 _SMOOTH_COLOUR = (20, 70, 160)
 _AXIS_COLOUR = (60, 60, 60)
 _GRID_COLOUR = (225, 225, 225)
-
-
-def _atomic_write(path: Path, write: Any, suffix: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        write(temp_name)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def moving_average(values: Sequence[float], window: int) -> list[float]:
@@ -114,14 +101,14 @@ def draw_loss_curve(points: Sequence[Sequence[float]], *, title: str = "training
 
 def write_loss_curve(path: Path, points: Sequence[Sequence[float]], *, title: str = "training loss") -> Path:
     image = draw_loss_curve(points, title=title)
-    return _atomic_write(path, lambda name: image.save(name, format="PNG"), ".png.tmp")
+    return write_atomic(path, lambda temp: image.save(temp, format="PNG"))
 
 
 def write_loss_csv(path: Path, points: Sequence[Sequence[float]]) -> Path:
     lines = ["step,loss"] + [f"{int(step)},{loss:.6g}" for step, loss in points]
-    return _atomic_write(path, lambda name: Path(name).write_text("\n".join(lines) + "\n"), ".csv.tmp")
+    return write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> Path:
     text = json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n"
-    return _atomic_write(path, lambda name: Path(name).write_text(text, encoding="utf-8"), ".json.tmp")
+    return write_text_atomic(path, text)

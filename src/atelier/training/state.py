@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from atelier.errors import AtelierError
+from atelier.files import write_atomic
 
 STATE_FILE = "state.safetensors"
 _INFO_KEY = "atelier_train_state"
@@ -102,16 +102,9 @@ def save_training_state(
         "lr_scheduler": lr_scheduler,
         "grad_scaler": grad_scaler,
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    try:
-        save_file(tensors, temp_name, metadata={_INFO_KEY: json.dumps(info)})
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return target
+    return write_atomic(
+        target, lambda temp: save_file(tensors, str(temp), metadata={_INFO_KEY: json.dumps(info)})
+    )
 
 
 def load_training_state(path: str | os.PathLike[str]) -> SavedState:
