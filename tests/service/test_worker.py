@@ -223,3 +223,64 @@ def test_worker_with_s3_storage_downloads_models_and_stores_outputs(
         assert len(cached) == 1
     finally:
         studio.close()
+
+
+def test_a_failure_that_retrying_cannot_fix_fails_once_with_one_line(studio, monkeypatch):
+    """transformers refusing the installed peft: the same on every attempt, so one attempt, one line."""
+    from atelier.engine.generate import Engine
+
+    calls = []
+
+    def incompatible(self, request, **kwargs):
+        calls.append(request)
+        raise ValueError(
+            "The version of PEFT you are using is not compatible, please use a version >= 0.22.0\n"
+            "  (a second line of detail)"
+        )
+
+    monkeypatch.setattr(Engine, "generate", incompatible)
+    job = submit(studio)
+    with running_worker(studio):
+        done = wait_for(lambda: (found := studio.store.get(job.id)).finished and found)
+    assert done.state == "failed"
+    assert done.attempts == 1 and len(calls) == 1
+    assert done.error == (
+        "ValueError: The version of PEFT you are using is not compatible, please use a version >= 0.22.0"
+    )
+
+
+def test_an_infrastructure_fault_is_retried(studio, monkeypatch):
+    import sqlalchemy as sa
+
+    from atelier.engine.generate import Engine
+
+    real_generate = Engine.generate
+    calls = []
+
+    def flaky_storage_then_fine(self, request, **kwargs):
+        calls.append(request)
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error")  # EIO: the disk or network filesystem hiccuped
+        return real_generate(self, request, **kwargs)
+
+    monkeypatch.setattr(Engine, "generate", flaky_storage_then_fine)
+    job = submit(studio)
+    with running_worker(studio):
+        done = wait_for(lambda: (found := studio.store.get(job.id)).finished and found)
+    assert done.state == "succeeded", done.error
+    assert done.attempts == 2 and len(calls) == 2
+
+    # A database that dropped the connection counts too; a missing file does not.
+    from atelier.service.failures import is_transient
+
+    assert is_transient(sa.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection")))
+    try:
+        try:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        except ConnectionResetError as cause:
+            raise RuntimeError("upload failed") from cause
+    except RuntimeError as wrapped:
+        assert is_transient(wrapped)
+    assert not is_transient(FileNotFoundError(2, "No such file or directory"))
+    assert not is_transient(ValueError("bad value"))
+    assert not is_transient(AtelierError("a user error"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 import time
 from typing import Any
@@ -39,6 +40,7 @@ class StudioServer:
                 "key first: run 'atelier keys create NAME' (with the same --data or --db), or bind 127.0.0.1",
                 field="host",
             )
+        self.studio.storage.create_buckets()
         self.studio.ensure_demo_model()
         self.watcher = BucketWatcher(self.studio) if config.watch else None
         self.supervisor = None
@@ -99,6 +101,7 @@ class StudioServer:
 
     def run(self) -> None:
         """Serve until interrupted (Ctrl-C / SIGTERM), then stop everything."""
+        _check_port_free(self.config.host, self.config.port)
         previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             # uvicorn shuts the HTTP server down on these signals, then raises the signal again; with the
@@ -138,3 +141,20 @@ class StudioServer:
 
 def _note_signal(signum: int, _frame: object) -> None:
     logger.info("signal %d received: stopping workers and watchers", signum)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port in use with one line, before uvicorn logs its own error and exits with code 3."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As uvicorn binds: SO_REUSEADDR lets a port in TIME_WAIT from a previous run be taken again.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise AtelierError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}; stop what uses it or choose --port",
+                field="port",
+            ) from None

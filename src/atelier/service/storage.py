@@ -168,6 +168,9 @@ class Storage:
             raise NotFoundError(f"storage object {key!r} not found", field="key")
         self.fs.rm_file(path)
 
+    def create_buckets(self) -> None:
+        """Nothing to do on S3: a bucket's prefix exists as soon as an object is stored under it."""
+
     def local_path(self, key: str) -> Path | None:
         """The object's path on this machine for the local backend (whether or not it exists); None for S3."""
         check_key(key)
@@ -205,6 +208,11 @@ class LocalStorage(Storage):
         """Copy the local file at ``local_path`` to ``key`` atomically."""
         source = _existing_file(local_path)
         write_atomic(self._file(key), lambda temp: shutil.copyfile(source, temp))
+
+    def create_buckets(self) -> None:
+        """Make the bucket folders, so that a person looking at the data folder sees where to drop files."""
+        for bucket in BUCKETS:
+            (self.root_path / bucket).mkdir(parents=True, exist_ok=True)
 
     def local_path(self, key: str) -> Path | None:
         """The object's real path in the storage folder (whether or not it exists yet)."""

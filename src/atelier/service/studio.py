@@ -12,8 +12,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.engine import Engine
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
 
+from atelier.errors import AtelierError
 from atelier.service.config import StudioConfig
 from atelier.service.jobs import SqlJobStore, open_database
 from atelier.service.ledger import Ledger
@@ -45,6 +47,17 @@ class Studio:
         """Connect to the database (creating tables if needed) and the storage of ``config``."""
         database = open_database(config.database_url)
         storage = open_storage(config.storage_url, endpoint_url=config.storage_endpoint_url)
+        try:
+            return cls._with(config, database, storage)
+        except sa.exc.OperationalError as exc:
+            database.dispose()
+            # The driver's message comes first and ends in advice of its own ("Is the server running...").
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+            shown = make_url(config.database_url).render_as_string(hide_password=True)
+            raise AtelierError(f"cannot open the database {shown}: {reason}", field="db") from None
+
+    @classmethod
+    def _with(cls, config: StudioConfig, database: Engine, storage: Storage) -> Studio:
         return cls(
             config=config,
             database=database,

@@ -35,6 +35,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from atelier.errors import AtelierError
+from atelier.service.failures import describe_failure, is_transient
 from atelier.service.jobs import JOB_KINDS, Job, SqlJobStore, jobs_table
 from atelier.service.modelfiles import ModelFiles
 from atelier.service.registry import ModelRecord, check_model_name, inspect_model
@@ -292,16 +293,24 @@ class Worker:
             # The job's own input is wrong (a model deleted meanwhile, a bad config): retrying cannot help.
             logger.info("job %s failed: %s", job.id, problem)
             self._record_error_field(job, problem)
-            self.store.fail(job.id, self.worker_id, str(problem), retry=False)
+            self._fail(job, problem, retry=False)
         except Exception as problem:
-            logger.exception("job %s failed", job.id)
-            self.store.fail(job.id, self.worker_id, f"{type(problem).__name__}: {problem}", retry=True)
+            # Only an infrastructure fault is worth another attempt; anything else would fail the same way.
+            retry = is_transient(problem)
+            logger.error("job %s failed%s", job.id, " (will retry)" if retry else "", exc_info=True)
+            self._fail(job, problem, retry=retry)
         else:
             if not self.store.complete(job.id, self.worker_id, result):
                 logger.warning("job %s finished after its lease was lost; another run owns it now", job.id)
             logger.info("job %s done in %.2fs", job.id, time.monotonic() - started)
         finally:
             self.jobs_done += 1
+
+    def _fail(self, job: Job, problem: BaseException, *, retry: bool) -> None:
+        self.store.fail(job.id, self.worker_id, describe_failure(problem), retry=retry)
+        if not retry and job.kind == "train":
+            # Nothing will resume this run: its extracted data and state only take disk space.
+            shutil.rmtree(self.train_dir(job), ignore_errors=True)
 
     def _record_error_field(self, job: Job, problem: AtelierError) -> None:
         info = {"error_field": problem.field, "user_error": True}
