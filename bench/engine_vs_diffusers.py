@@ -99,15 +99,13 @@ def _extra(arch: str) -> dict:
 def _full_size_model(arch: str, root: Path) -> Path:
     """A full-size architecture with random weights, from the configs shipped in the package."""
     import diffusers
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from atelier.engine.architectures import config_dir
-    from atelier.engine.tokenizer import build_demo_tokenizer
+    from atelier.engine.tokenizer import clip_tokenizer
 
     folder = config_dir(arch)
-    tokenizer_dir = root / "tok"
-    build_demo_tokenizer(tokenizer_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
+    tokenizer = clip_tokenizer("clip-l")
     unet = diffusers.UNet2DConditionModel.from_config(
         diffusers.UNet2DConditionModel.load_config(folder / "unet")
     )
@@ -135,7 +133,7 @@ def _full_size_model(arch: str, root: Path) -> Path:
             text_encoder=text_encoder,
             text_encoder_2=text_encoder_2,
             tokenizer=tokenizer,
-            tokenizer_2=CLIPTokenizer.from_pretrained(str(tokenizer_dir), pad_token="!"),
+            tokenizer_2=clip_tokenizer("clip-g"),
             unet=unet,
             scheduler=scheduler,
         )

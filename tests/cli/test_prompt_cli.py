@@ -14,7 +14,6 @@ import pytest
 
 import atelier
 import atelier.cli
-from atelier.cli.prompt import NO_TOKENIZER_MESSAGE
 
 SRC_DIR = Path(atelier.__file__).resolve().parents[1]
 
@@ -131,19 +130,20 @@ def test_user_errors_exit_2_with_one_line(
     assert message in err
 
 
-def test_readable_view_without_tokenizer(capsys: pytest.CaptureFixture[str]) -> None:
+def test_readable_view_with_the_bundled_tokenizer(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _err = run_cli(
         capsys, "--steps", "4", "a (red:1.3) [fe|]male BREAK car AND sky:0.5 <lora:foo:0.8>"
     )
     assert code == 0
-    assert NO_TOKENIZER_MESSAGE in out
     assert "lora:   foo  text encoder 0.8, unet 0.8" in out
     assert 'AND part 2 of 2, weight 0.5: " sky"' in out
     assert 'steps 1, 3 of 4: "a (red:1.3) female BREAK car"' in out
     assert 'steps 2, 4 of 4: "a (red:1.3) male BREAK car"' in out
     assert '1.3  "red"' in out
     assert "BREAK (starts a new chunk)" in out
-    assert "chunk 1" not in out
+    # CLIP's real vocabulary, no tokenizer folder, no hub: "a red female" is 3 tokens, BREAK pads it to 75.
+    assert "tokens: 76/150 in 2 chunk(s) of 75" in out
+    assert 'chunk 1:  3 tokens  "a red female"' in out
 
 
 def write_tiny_clip_vocabulary(folder: Path) -> None:
@@ -189,7 +189,6 @@ def test_readable_view_counts_tokens_per_chunk(
     assert "tokens: 85/150 in 2 chunk(s) of 75" in out
     assert "chunk 1: 71 tokens" in out
     assert 'chunk 2: 10 tokens  "dog dog dog dog dog dog dog dog dog dog"' in out
-    assert NO_TOKENIZER_MESSAGE not in out
 
 
 def test_break_chunks_in_readable_view(capsys: pytest.CaptureFixture[str], tokenizer_dir: Path) -> None:

@@ -68,12 +68,78 @@ def test_single_file_hash_is_sha256_of_the_file(single_files):
     assert model.short_hash == model.sha256[:10]
 
 
-def test_missing_tokenizer_says_how_to_provide_it(single_files, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+@pytest.fixture
+def empty_hub_cache(tmp_path, monkeypatch):
+    """No Hugging Face cache and no network: what a checkpoint from the wild meets on an offline studio."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "empty-hf-cache"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_lone_single_file_loads_offline_with_the_bundled_tokenizers(
+    tiny_models, single_files, tmp_path, empty_hub_cache, arch
+):
     lonely = tmp_path / "lonely.safetensors"
+    shutil.copy(single_files[arch], lonely)  # no lonely.tokenizer/ beside it, nothing in the cache
+    model = load_model(lonely)
+    folder = load_model(tiny_models(arch))
+    prompt = "a product photo of a (yellow windbreaker:1.3), café, 👟"
+    for name in ("tokenizer", "tokenizer_2"):
+        loaded, reference = getattr(model.pipeline, name, None), getattr(folder.pipeline, name, None)
+        assert (loaded is None) == (reference is None)
+        if loaded is not None:
+            assert len(loaded) == 49408
+            assert (
+                loaded.pad_token == reference.pad_token == ("!" if name == "tokenizer_2" else "<|endoftext|>")
+            )
+            assert loaded(prompt).input_ids == reference(prompt).input_ids
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+def test_a_lone_single_file_generates_the_picture_of_its_folder(
+    tiny_models, single_files, tmp_path, empty_hub_cache, engine, arch
+):
+    lonely = tmp_path / f"lonely-{arch}.safetensors"
+    shutil.copy(single_files[arch], lonely)
+
+    def make(model):
+        request = GenerationRequest(
+            prompt="a red shoe", model=str(model), steps=3, width=64, height=64, seed=5
+        )
+        return np.asarray(engine.generate(request).images[0].image, dtype=np.int16)
+
+    assert np.abs(make(tiny_models(arch)) - make(lonely)).max() <= 2
+
+
+def _tokenizer_with_an_extra_token(folder):
+    from atelier.engine.tokenizer import clip_tokenizer
+
+    tokenizer = clip_tokenizer("clip-l")
+    tokenizer.add_tokens(["<oue-scooter>"])
+    tokenizer.save_pretrained(str(folder))
+
+
+def test_a_tokenizer_folder_beside_the_file_still_wins(single_files, tmp_path, empty_hub_cache):
+    lonely = tmp_path / "own.safetensors"
     shutil.copy(single_files["sd15"], lonely)
-    with pytest.raises(AtelierError, match=r"lonely\.tokenizer"):
-        load_model(lonely)
+    _tokenizer_with_an_extra_token(tmp_path / "own.tokenizer")
+    assert len(load_model(lonely).pipeline.tokenizer) == 49409
+
+
+def test_the_hugging_face_cache_still_wins_over_the_bundled_tokenizer(
+    single_files, tmp_path, empty_hub_cache
+):
+    repo = empty_hub_cache / "models--openai--clip-vit-large-patch14"
+    _tokenizer_with_an_extra_token(repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    lonely = tmp_path / "cached.safetensors"
+    shutil.copy(single_files["sd15"], lonely)
+    assert len(load_model(lonely).pipeline.tokenizer) == 49409
 
 
 @pytest.mark.parametrize("suffix", [".ckpt", ".pt", ".bin", ".pth"])

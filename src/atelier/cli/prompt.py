@@ -1,7 +1,7 @@
 """``atelier prompt``: show how a prompt is read (emphasis, schedule, AND parts, LoRAs, token chunks).
 
-It loads no model and imports no torch, so it answers at once. Token counts need only a CLIP tokenizer
-folder, read with the ``tokenizers`` library.
+It loads no model and imports no torch, so it answers at once. Token counts use the CLIP tokenizer bundled with
+Atelier (or a folder given with ``--tokenizer``, or the Hugging Face cache's copy of SD 1.5's).
 """
 
 from __future__ import annotations
@@ -31,9 +31,6 @@ if TYPE_CHECKING:
 DEFAULT_STEPS = 20
 # Alternation makes one schedule entry per step, so an absurd step count would only exhaust memory.
 MAX_STEPS = 1000
-# The tokenizer of SD 1.5's text encoder and of SDXL's first one; looked for in the Hugging Face cache.
-CLIP_TOKENIZER_REPO = "openai/clip-vit-large-patch14"
-NO_TOKENIZER_MESSAGE = "token counts unavailable: pass --tokenizer DIR"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="show how a prompt is parsed: emphasis, schedule, AND parts, LoRAs, token chunks",
         description=(
             "Show how a prompt is read, in AUTOMATIC1111's prompt language: emphasis weights, the text used "
-            "at each step, composable AND parts, LoRA tags and, with a CLIP tokenizer, the 75-token chunks."
+            "at each step, composable AND parts, LoRA tags and the 75-token chunks."
         ),
     )
     parser.add_argument(
@@ -62,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tokenizer",
         type=Path,
         metavar="DIR",
-        help="CLIP tokenizer folder (tokenizer.json, or vocab.json and merges.txt; a pipeline folder works too)",
+        help="a CLIP tokenizer folder to count with instead of the bundled one (tokenizer.json, or vocab.json "
+        "and merges.txt; a pipeline folder works too)",
     )
     parser.set_defaults(func=run)
 
@@ -75,11 +73,11 @@ def run(args: argparse.Namespace) -> int:
         for prompt in prompts:
             print(json.dumps(inspect_prompt(prompt, args.steps)))
         return 0
-    tokenizer, tokenizer_note = _find_tokenizer(args.tokenizer)
+    tokenizer = _find_tokenizer(args.tokenizer)
     for index, prompt in enumerate(prompts):
         if index:
             print()
-        print("\n".join(_describe(prompt, args.steps, tokenizer, tokenizer_note)))
+        print("\n".join(_describe(prompt, args.steps, tokenizer)))
     return 0
 
 
@@ -166,31 +164,19 @@ def load_tokenizer(directory: Path) -> ClipTokenizer:
     )
 
 
-def _cached_clip_tokenizer_folder() -> Path | None:
-    """The Hugging Face cache's snapshot of the CLIP tokenizer, if a download left one; never downloads."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    for filename in ("tokenizer.json", "vocab.json"):
-        found = try_to_load_from_cache(CLIP_TOKENIZER_REPO, filename)
-        if isinstance(found, str):
-            return Path(found).parent
-    return None
+def _find_tokenizer(directory: Path | None) -> ClipTokenizer:
+    """The tokenizer to count with: the folder given, else the Hugging Face cache's, else the bundled one."""
+    from atelier.engine.tokenizer import CLIP_L_REPO, cached_tokenizer_folder, clip_backend
 
-
-def _find_tokenizer(directory: Path | None) -> tuple[ClipTokenizer | None, str]:
-    """The tokenizer to count with, or ``None`` and a line saying why there are no counts."""
     if directory is not None:
-        return load_tokenizer(directory), ""
-    cached = _cached_clip_tokenizer_folder()
-    if cached is None:
-        return None, NO_TOKENIZER_MESSAGE
-    try:
-        return load_tokenizer(cached), ""
-    except AtelierError as exc:
-        # The user did not ask for this one; a broken cache should not stop the rest of the answer.
-        return None, f"{NO_TOKENIZER_MESSAGE} ({exc})"
+        return load_tokenizer(directory)
+    cached = cached_tokenizer_folder(CLIP_L_REPO)
+    if cached is not None:
+        try:
+            return load_tokenizer(cached)
+        except AtelierError:
+            pass  # the user did not ask for this one; a broken cache should not stop the answer
+    return ClipTokenizer(clip_backend())
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -224,7 +210,7 @@ def _texts_with_steps(schedule: list[tuple[int, str]]) -> list[tuple[str, list[i
     return list(steps_by_text.items())
 
 
-def _describe(prompt: str, steps: int, tokenizer: ClipTokenizer | None, tokenizer_note: str) -> list[str]:
+def _describe(prompt: str, steps: int, tokenizer: ClipTokenizer) -> list[str]:
     """The readable view: for each AND part, each text the schedule uses, its emphasis runs and its chunks."""
     parsed = parse_prompt(prompt)
     lines = [f"prompt: {_quoted(prompt)}"]
@@ -234,8 +220,6 @@ def _describe(prompt: str, steps: int, tokenizer: ClipTokenizer | None, tokenize
         lines.append(f"lora:   {lora.name}  text encoder {lora.te_weight:g}, unet {lora.unet_weight:g}")
     for tag in parsed.ignored_tags:
         lines.append(f"ignored: {tag}  (only LoRA tags are applied)")
-    if tokenizer is None:
-        lines.append(tokenizer_note)
 
     parts = schedule_and_parts(parsed.text, steps)
     for number, part in enumerate(parts, start=1):
@@ -251,8 +235,7 @@ def _describe(prompt: str, steps: int, tokenizer: ClipTokenizer | None, tokenize
                     lines.append("      BREAK (starts a new chunk)")
                 else:
                     lines.append(f"      {weight:>8.4g}  {_quoted(run_text)}")
-            if tokenizer is not None:
-                lines.extend(_chunk_lines(text, tokenizer))
+            lines.extend(_chunk_lines(text, tokenizer))
     return lines
 
 

@@ -2,6 +2,10 @@
 
 Names never leave the folder: path separators, ``..`` and absolute paths are refused, so a name typed into a
 prompt or an API request cannot reach other files.
+
+LoRAs may share the folder (as in the studio's ``models/`` bucket); they are never listed as checkpoints.
+Atelier never downloads a model: a Hugging Face id (``runwayml/stable-diffusion-v1-5``) is looked up in the
+local Hugging Face cache only, and otherwise answered with how to bring the model in.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from atelier.errors import AtelierError, NotFoundError, UnsafeFileError
 
 DEMO_MODEL_NAME = "atelier-demo-sd15"
 _SAFE_NAME = re.compile(r"^[^/\\\x00]+$")
+# owner/name, as the hub spells repository ids.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,8 @@ class ModelLibrary:
         self.root = Path(root)
 
     def list(self) -> list[ModelEntry]:
-        from atelier.engine.models import is_demo_model
+        """The checkpoints: diffusers folders and single files (a LoRA in the folder is not one)."""
+        from atelier.engine.models import is_demo_model, safetensors_kind
 
         if not self.root.is_dir():
             return []
@@ -53,20 +60,46 @@ class ModelLibrary:
             if path.is_dir() and (path / "model_index.json").is_file():
                 entries.append(ModelEntry(path.name, path, is_demo_model(path)))
             elif path.is_file() and path.suffix == ".safetensors":
-                entries.append(ModelEntry(path.stem, path, False))
+                try:
+                    if safetensors_kind(path) == "checkpoint":
+                        entries.append(ModelEntry(path.stem, path, False))
+                except AtelierError:
+                    continue  # damaged or foreign: using it by name gives the full error
         return entries
 
     def resolve(self, name_or_path: str) -> Path:
-        """A path that exists is used as given (CLI use); otherwise a name inside the library."""
+        """A path that exists is used as given (CLI use); otherwise a name inside the library.
+
+        A Hugging Face id is looked up in the local Hugging Face cache, never downloaded.
+        """
         candidate = Path(name_or_path).expanduser()
         if ("/" in name_or_path or os.sep in name_or_path) and candidate.exists():
             return candidate
+        if _HUB_ID.match(name_or_path) and not candidate.exists():
+            return self._from_hub_cache(name_or_path)
         name = check_name(name_or_path.removesuffix(".safetensors"))
         for path in (self.root / name, self.root / f"{name}.safetensors"):
             if path.exists():
                 return path
         available = ", ".join(entry.name for entry in self.list()) or "none"
         raise NotFoundError(f"unknown model {name_or_path!r}; available: {available}", field="model")
+
+    def _from_hub_cache(self, repo_id: str) -> Path:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            snapshot = Path(snapshot_download(repo_id, local_files_only=True))
+        except (LocalEntryNotFoundError, OSError, ValueError):
+            snapshot = None
+        if snapshot is not None and (snapshot / "model_index.json").is_file():
+            return snapshot
+        raise NotFoundError(
+            f"{repo_id!r} looks like a Hugging Face model id, and Atelier never downloads models: copy the "
+            f"model's single .safetensors file into {self.root}, or give the path of a local Hugging Face cache "
+            f"snapshot (.../models--{repo_id.replace('/', '--')}/snapshots/<revision>)",
+            field="model",
+        )
 
     def ensure_demo(self) -> Path:
         """Create the tiny random-weight demo model if the library has no model at all."""

@@ -17,12 +17,26 @@ from pathlib import Path
 from typing import Any
 
 from atelier.engine.library import check_name
-from atelier.engine.models import read_safetensors_header, refuse_pickle
+from atelier.engine.models import read_safetensors_header, refuse_pickle, safetensors_kind
 from atelier.errors import AtelierError, NotFoundError
 
 # Cross-attention width of each base family, the surest sign of what a LoRA was trained on.
 _FAMILY_BY_WIDTH = {768: "SD 1.5", 1024: "SD 2.x", 2048: "SDXL", 1280: "SDXL refiner"}
+_FAMILY_CODE_BY_WIDTH = {768: "sd15", 2048: "sdxl", 1280: "sdxl"}
 _CROSS_ATTENTION_KEY = re.compile(r"attn2[._]to_k.*(lora_down|lora_A|lora\.down)\.weight$")
+# Structure only SDXL has: a second text encoder; kohya's SGM block names (its SD 1.5 files use diffusers'
+# down_blocks names); more than one transformer block per attention (SD 1.5 has one).
+_SDXL_KEY_PREFIXES = (
+    "lora_te1_",
+    "lora_te2_",
+    "text_encoder_2.",
+    "lora_unet_input_blocks_",
+    "lora_unet_middle_block_",
+    "lora_unet_output_blocks_",
+)
+_SECOND_TRANSFORMER_BLOCK = re.compile(r"transformer_blocks[._]1[._]")
+# diffusers' DreamBooth / AutoTrain scripts write a LoRA as this file in a folder named after the LoRA.
+DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
 @dataclass(frozen=True)
@@ -50,64 +64,80 @@ def lora_sha256(path: Path) -> str:
 
 
 def inspect_lora(path: Path) -> tuple[str, int | None]:
-    """Return (family, cross-attention width) of a LoRA file from its header, or raise if it is not a LoRA."""
+    """Return (family, cross-attention width) of a LoRA file from its header, or raise if it is not a LoRA.
+
+    The family ("sd15", "sdxl" or "unknown") is decided here only, for the CLI and the studio alike, from the
+    strongest evidence present: the cross-attention width when it is a known one (768, 2048, 1280); then
+    structure only SDXL has (see ``_SDXL_KEY_PREFIXES``); then kohya's ``ss_base_model_version`` note; then
+    SD 1.5's single text encoder (``lora_te_``).
+    """
     header = read_safetensors_header(path)
-    keys = [key for key in header if key != "__metadata__"]
-    lora_markers = ("lora_down", "lora_up", "lora_A", "lora_B", "lora.down", "lora.up")
-    if not keys or not any(marker in key for key in keys for marker in lora_markers):
+    if safetensors_kind(path, header) != "lora":
         raise AtelierError(f"{path.name} is not a LoRA file (no lora_down/lora_up or lora_A/lora_B weights)")
+    keys = [key for key in header if key != "__metadata__"]
     width = None
     for key in keys:
         if _CROSS_ATTENTION_KEY.search(key):
             width = int(header[key]["shape"][-1])
             break
-    if any(key.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for key in keys):
+    base = str((header.get("__metadata__") or {}).get("ss_base_model_version", ""))
+    if width in _FAMILY_CODE_BY_WIDTH:
+        family = _FAMILY_CODE_BY_WIDTH[width]
+    elif width == 1024:
+        family = "unknown"  # SD 2.x: no Atelier model fits it, and check_compatible says so
+    elif base.startswith("sdxl") or any(
+        key.startswith(_SDXL_KEY_PREFIXES) or _SECOND_TRANSFORMER_BLOCK.search(key) for key in keys
+    ):
         family = "sdxl"
-    elif width is not None:
-        family = "sdxl" if width in (2048, 1280) else "sd15"
+    elif base.startswith("sd_v1") or any(key.startswith("lora_te_") for key in keys):
+        family = "sd15"
     else:
-        family = "sd15" if any(key.startswith("lora_te_") for key in keys) else "unknown"
-    metadata = header.get("__metadata__") or {}
-    base = str(metadata.get("ss_base_model_version", ""))
-    if base.startswith("sdxl"):
-        family = "sdxl"
+        family = "unknown"
     return family, width
 
 
 class LoraLibrary:
-    """The LoRA files in a folder (``<name>.safetensors``), by name."""
+    """The LoRAs in a folder, by name: ``<name>.safetensors`` files (kohya, A1111, Civitai) and
+    ``<name>/pytorch_lora_weights.safetensors`` folders (diffusers, AutoTrain). A file wins over a folder of
+    the same name."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self._hashes: dict[tuple[str, float, int], str] = {}
 
-    def _files(self) -> list[Path]:
+    def _files(self) -> dict[str, Path]:
         if not self.root.is_dir():
-            return []
-        return sorted(
-            p
-            for p in self.root.iterdir()
-            if p.is_file() and p.suffix == ".safetensors" and not p.name.startswith(".")
-        )
+            return {}
+        found: dict[str, Path] = {}
+        for path in sorted(self.root.iterdir()):
+            if path.name.startswith("."):
+                continue
+            if path.is_file() and path.suffix == ".safetensors":
+                found[path.stem] = path
+            elif path.is_dir() and (path / DIFFUSERS_LORA_FILE).is_file():
+                found.setdefault(path.name, path / DIFFUSERS_LORA_FILE)
+        return found
 
     def names(self) -> list[str]:
-        return [path.stem for path in self._files()]
+        return sorted(self._files())
 
     def list(self) -> list[LoraEntry]:
         entries = []
-        for path in self._files():
+        for name in self.names():
             try:
-                entries.append(self.entry(path.stem))
+                entries.append(self.entry(name))
             except AtelierError:
                 continue  # not a LoRA (a checkpoint in the same folder); listed elsewhere
         return entries
 
     def resolve(self, name: str) -> Path:
         check_name(name, what="lora")
-        path = self.root / f"{name}.safetensors"
-        if path.is_file():
-            return path
-        refuse_pickle(path.with_suffix(".ckpt")) if path.with_suffix(".ckpt").exists() else None
+        for path in (self.root / f"{name}.safetensors", self.root / name / DIFFUSERS_LORA_FILE):
+            if path.is_file():
+                return path
+        pickle = self.root / f"{name}.ckpt"
+        if pickle.exists():
+            refuse_pickle(pickle)
         available = ", ".join(self.names()) or "none"
         raise NotFoundError(f"unknown LoRA {name!r}; available: {available}", field="lora")
 

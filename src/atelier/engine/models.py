@@ -27,7 +27,7 @@ from atelier.engine.architectures import (
     from_diffusers_model_type,
 )
 from atelier.engine.convert import write_embedded_configs
-from atelier.engine.tokenizer import CLIP_BIGG_REPO, CLIP_L_REPO, load_tokenizer
+from atelier.engine.tokenizer import tokenizers_for_single_file
 from atelier.errors import AtelierError, NotFoundError, UnsafeFileError
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".bin", ".pth", ".pkl", ".pickle")
@@ -71,6 +71,49 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
     return header
 
 
+_LORA_MARKERS = ("lora_down", "lora_up", "lora_A", "lora_B", "lora.down", "lora.up")
+
+
+def safetensors_kind(path: Path, header: dict[str, Any] | None = None) -> str:
+    """ "checkpoint" or "lora" for a ``.safetensors`` file, from its header alone.
+
+    The one rule every place uses (the CLI's model and LoRA folders, the studio's registry), so that no two of
+    them can disagree about a file: UNet weights under ``model.diffusion_model.`` (or Atelier's own
+    architecture note) make a checkpoint; ``lora_down``/``lora_up`` or PEFT ``lora_A``/``lora_B`` weights a
+    LoRA. Anything else is refused with a one-line error.
+    """
+    header = read_safetensors_header(path) if header is None else header
+    stored = (header.get("__metadata__") or {}).get("atelier_architecture")
+    keys = [key for key in header if key != "__metadata__"]
+    if stored in ARCHITECTURES or any(key.startswith("model.diffusion_model.") for key in keys):
+        return "checkpoint"
+    if any(marker in key for key in keys for marker in _LORA_MARKERS):
+        return "lora"
+    raise AtelierError(
+        f"{path.name} is neither a Stable Diffusion checkpoint (no UNet weights) nor a LoRA "
+        "(no lora_down/lora_up or lora_A/lora_B weights)",
+        field="file",
+    )
+
+
+def hf_cache_snapshot(path: Path) -> Path:
+    """A Hugging Face cache folder of a model (``models--org--name``) means its current snapshot folder."""
+    snapshots = path / "snapshots"
+    if not snapshots.is_dir():
+        return path
+    ref = path / "refs" / "main"
+    if ref.is_file() and (snapshots / ref.read_text().strip()).is_dir():
+        return snapshots / ref.read_text().strip()
+    found = sorted(item for item in snapshots.iterdir() if item.is_dir())
+    if len(found) == 1:
+        return found[0]
+    raise AtelierError(
+        f"{path} is a Hugging Face cache folder with {len(found)} snapshots and no refs/main; "
+        "give the snapshot folder itself (snapshots/<revision>)",
+        field="model",
+    )
+
+
 class _ShapeOnly:
     """Stands in for a tensor where only ``.shape`` is read (architecture detection)."""
 
@@ -82,7 +125,7 @@ def detect_architecture(path: str | os.PathLike[str]) -> str:
     """Return one of ARCHITECTURES for a diffusers folder or single-file checkpoint, or raise AtelierError."""
     path = Path(path)
     if path.is_dir():
-        return _detect_folder_architecture(path)
+        return _detect_folder_architecture(hf_cache_snapshot(path))
     header = read_safetensors_header(path)
     if path.suffix.lower() != ".safetensors":
         raise AtelierError(f"{path.name}: expected a .safetensors checkpoint or a diffusers folder")
@@ -201,22 +244,12 @@ class LoadedModel:
 
 
 def _tokenizer_for_single_file(path: Path, arch: str, tokenizer_dir: Path | None) -> dict[str, Any]:
-    """Tokenizers are not stored in single files: take them from a folder next to the file or the HF cache."""
+    """Tokenizers are not stored in single files: a given folder, one beside the file, or the bundled ones."""
     beside = path.with_name(path.stem + ".tokenizer")
     candidates = [tokenizer_dir] if tokenizer_dir else []
     candidates.append(beside)
     found = next((c for c in candidates if c is not None and c.is_dir()), None)
-    components: dict[str, Any] = {}
-    if arch != "sdxl-refiner":
-        components["tokenizer"] = load_tokenizer(found, repo_id=CLIP_L_REPO, expected_folder=beside)
-    if arch in ("sdxl", "sdxl-refiner"):
-        second = found / "tokenizer_2" if found is not None and (found / "tokenizer_2").is_dir() else found
-        tokenizer_2 = load_tokenizer(
-            second, repo_id=CLIP_BIGG_REPO, what="tokenizer_2", expected_folder=beside
-        )
-        tokenizer_2.pad_token = "!"
-        components["tokenizer_2"] = tokenizer_2
-    return components
+    return tokenizers_for_single_file(arch, found)
 
 
 def load_model(
@@ -234,6 +267,8 @@ def load_model(
     if not path.exists():
         raise NotFoundError(f"model not found: {path}")
     refuse_pickle(path)
+    if path.is_dir():
+        path = hf_cache_snapshot(path)
     arch = detect_architecture(path)
     dtype = dtype or torch.float32
     cls = getattr(diffusers, _PIPELINE_CLASSES[arch])

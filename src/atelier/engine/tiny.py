@@ -20,7 +20,7 @@ from pathlib import Path
 
 from atelier.engine.architectures import ARCHITECTURES, DEMO_LABEL, DEMO_MARKER, config_dir
 from atelier.engine.controlnet import CONTROLNET_ARCHITECTURES
-from atelier.engine.tokenizer import build_demo_tokenizer
+from atelier.engine.tokenizer import clip_tokenizer
 from atelier.errors import AtelierError
 
 TINY_SEED = 0
@@ -43,6 +43,24 @@ def _tiny_text_encoder_config(
         "pad_token_id": 1,
         "layer_norm_eps": 1e-5,
     }
+
+
+def _tiny_text_encoder(cls, config: dict):
+    """A text encoder whose output is not zero-mean, like a trained one.
+
+    Freshly initialised, the final layer norm has weight 1 and bias 0, so every token's output averages to
+    exactly 0; A1111's emphasis divides by that average and a tiny model would give NaN images for some
+    prompts. A trained CLIP's layer norm has a bias, and so do the tiny models' (seeded by the caller).
+    """
+    import torch
+    from transformers import CLIPTextConfig
+
+    model = cls(CLIPTextConfig(**config))
+    with torch.no_grad():
+        # transformers 5 keeps the layers on the model itself, 4.x under .text_model.
+        bias = getattr(model, "text_model", model).final_layer_norm.bias
+        bias.copy_(0.2 + 0.1 * torch.randn(bias.shape))
+    return model
 
 
 def _tiny_vae(scaling_factor: float):
@@ -114,16 +132,20 @@ def _scheduler(arch: str):
     return cls.from_config(config)
 
 
-def build_tiny_pipeline(arch: str, tokenizer_dir: str | os.PathLike[str]):
-    """Return a diffusers pipeline of the given architecture with tiny random weights (seeded, reproducible)."""
+def build_tiny_pipeline(arch: str):
+    """Return a diffusers pipeline of the given architecture with tiny random weights (seeded, reproducible).
+
+    The tokenizers are the real ones (CLIP's 49,408-token vocabulary), so tests see real token counts, chunking
+    and padding; only the widths and depths of the networks are tiny.
+    """
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     if arch not in ARCHITECTURES:
         raise AtelierError(
             f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}", field="arch"
         )
-    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
+    tokenizer = clip_tokenizer("clip-l")
     vocab_size = len(tokenizer)
     torch.manual_seed(TINY_SEED)
     if arch in ("sd15", "sd15-inpaint"):
@@ -132,7 +154,7 @@ def build_tiny_pipeline(arch: str, tokenizer_dir: str | os.PathLike[str]):
         cls = StableDiffusionInpaintPipeline if arch == "sd15-inpaint" else StableDiffusionPipeline
         return cls(
             vae=_tiny_vae(0.18215),
-            text_encoder=CLIPTextModel(CLIPTextConfig(**_tiny_text_encoder_config(vocab_size))),
+            text_encoder=_tiny_text_encoder(CLIPTextModel, _tiny_text_encoder_config(vocab_size)),
             tokenizer=tokenizer,
             unet=_tiny_sd15_unet(9 if arch == "sd15-inpaint" else 4),
             scheduler=_scheduler(arch),
@@ -142,18 +164,17 @@ def build_tiny_pipeline(arch: str, tokenizer_dir: str | os.PathLike[str]):
         )
     from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
-    tokenizer_2 = CLIPTokenizer.from_pretrained(str(tokenizer_dir), pad_token="!")
-    text_encoder_2 = CLIPTextModelWithProjection(
-        CLIPTextConfig(
-            **_tiny_text_encoder_config(
-                vocab_size, hidden_act="gelu", width=TINY_TE2_WIDTH, layers=TINY_TE2_LAYERS
-            )
-        )
+    tokenizer_2 = clip_tokenizer("clip-g")
+    text_encoder_2 = _tiny_text_encoder(
+        CLIPTextModelWithProjection,
+        _tiny_text_encoder_config(
+            vocab_size, hidden_act="gelu", width=TINY_TE2_WIDTH, layers=TINY_TE2_LAYERS
+        ),
     )
     if arch == "sdxl":
         return StableDiffusionXLPipeline(
             vae=_tiny_vae(0.13025),
-            text_encoder=CLIPTextModel(CLIPTextConfig(**_tiny_text_encoder_config(vocab_size))),
+            text_encoder=_tiny_text_encoder(CLIPTextModel, _tiny_text_encoder_config(vocab_size)),
             text_encoder_2=text_encoder_2,
             tokenizer=tokenizer,
             tokenizer_2=tokenizer_2,
@@ -228,9 +249,7 @@ def create_tiny_model(arch: str, out_dir: str | os.PathLike[str], *, overwrite: 
         if arch in CONTROLNET_ARCHITECTURES:
             build_tiny_controlnet(arch).save_pretrained(str(target), safe_serialization=True)
         else:
-            tokenizer_dir = staging / "_tokenizer"
-            build_demo_tokenizer(tokenizer_dir)
-            build_tiny_pipeline(arch, tokenizer_dir).save_pretrained(str(target), safe_serialization=True)
+            build_tiny_pipeline(arch).save_pretrained(str(target), safe_serialization=True)
         marker = {"label": DEMO_LABEL, "architecture": arch, "note": "tiny model with random weights"}
         (target / DEMO_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         if out.exists():

@@ -1,172 +1,42 @@
-"""CLIP tokenizers: find a real one locally, or build a small offline one for tiny demo/test models.
+"""CLIP tokenizers without the hub: built from OpenAI's vocabulary, which ships with Atelier.
 
-A real CLIP vocabulary (49,408 tokens) cannot be created offline, so tiny models carry a small byte-level BPE
-vocabulary that follows CLIP's conventions exactly (byte alphabet, ``</w>`` word ends, ``<|startoftext|>`` and
-``<|endoftext|>``). That keeps every code path that tokenizes (chunking, padding, weights) honest on tiny models.
+Every Stable Diffusion text encoder (SD 1.5's CLIP ViT-L, SDXL's CLIP ViT-L and OpenCLIP ViT-bigG) reads the
+same 49,408-token byte-pair vocabulary of OpenAI's CLIP. It is bundled as ``clip/bpe_simple_vocab_16e6.txt.gz``
+(MIT licence, ``clip/LICENSE``), the file open_clip and OpenAI's own package ship. From it Atelier builds, the
+way OpenAI's ``SimpleTokenizer`` does, the vocabulary (the 256 byte symbols, the same with the end-of-word mark
+``</w>``, one token per merge, then ``<|startoftext|>`` and ``<|endoftext|>``) and the first 48,894 merges, and
+hands them to transformers' ``CLIPTokenizer``, which applies CLIP's normalisation and splitting rules. The two
+Stable Diffusion tokenizers differ only in padding:
+
+- ``clip-l`` (SD 1.5 ``tokenizer``, SDXL ``tokenizer``) pads with ``<|endoftext|>``;
+- ``clip-g`` (SDXL ``tokenizer_2``, OpenCLIP's convention) pads with ``!`` (id 0).
+
+A single-file checkpoint carries no tokenizer. Where one is given (a ``<name>.tokenizer/`` folder, or the
+Hugging Face cache of the original repository) it is used, since a fine-tuned model could in principle ship its
+own; otherwise the bundled one, so a checkpoint from the wild loads offline.
 """
 
 from __future__ import annotations
 
-import json
+import functools
+import gzip
 import os
 from pathlib import Path
+from typing import Any
 
 from atelier.errors import AtelierError
 
 CLIP_L_REPO = "openai/clip-vit-large-patch14"
 CLIP_BIGG_REPO = "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"
-
-# Words that appear in retail prompts and in the seed documents; each becomes (ideally) one token.
-_DEMO_WORDS = [
-    "a",
-    "an",
-    "the",
-    "of",
-    "on",
-    "in",
-    "with",
-    "and",
-    "or",
-    "at",
-    "by",
-    "for",
-    "to",
-    "from",
-    "photo",
-    "product",
-    "model",
-    "man",
-    "woman",
-    "person",
-    "people",
-    "living",
-    "room",
-    "wabi",
-    "style",
-    "light",
-    "curtain",
-    "indoor",
-    "outdoor",
-    "warm",
-    "interior",
-    "design",
-    "masterpiece",
-    "high",
-    "resolution",
-    "quality",
-    "low",
-    "watermark",
-    "dark",
-    "dirty",
-    "messy",
-    "forest",
-    "scene",
-    "raining",
-    "foggy",
-    "lush",
-    "mountain",
-    "muddy",
-    "trail",
-    "majestic",
-    "astonishing",
-    "hdr",
-    "fujifilm",
-    "sharp",
-    "focus",
-    "detailed",
-    "yellow",
-    "windbreaker",
-    "full",
-    "body",
-    "sport",
-    "pants",
-    "hiking",
-    "boots",
-    "handsome",
-    "young",
-    "normal",
-    "eyes",
-    "face",
-    "detail",
-    "smile",
-    "nature",
-    "skin",
-    "realistic",
-    "intricate",
-    "depth",
-    "field",
-    "medium",
-    "shot",
-    "highres",
-    "modelshoot",
-    "splatter",
-    "waterproof",
-    "micro",
-    "car",
-    "sporty",
-    "fast",
-    "sleek",
-    "sexy",
-    "aggressive",
-    "performance",
-    "daytime",
-    "futuristic",
-    "cityscape",
-    "oue",
-    "electric",
-    "scooter",
-    "marker",
-    "rendering",
-    "concept",
-    "art",
-    "black",
-    "white",
-    "red",
-    "green",
-    "blue",
-    "hair",
-    "beach",
-    "sunglasses",
-    "ultra",
-    "definition",
-    "photorealistic",
-    "uhd",
-    "crisp",
-    "blurry",
-    "grainy",
-    "artifacts",
-    "defects",
-    "jpeg",
-    "noise",
-    "text",
-    "words",
-    "logo",
-    "banner",
-    "signature",
-    "cropped",
-    "background",
-    "studio",
-    "shelf",
-    "bottle",
-    "shoe",
-    "bag",
-    "dress",
-    "shirt",
-    "jacket",
-    "table",
-    "wooden",
-    "marble",
-    "sunlight",
-    "shadow",
-    "soft",
-    "cinematic",
-    "lens",
-    "bokeh",
-    "close",
-    "up",
-    "portrait",
-    "square",
-]
+BPE_FILE = Path(__file__).parent / "clip" / "bpe_simple_vocab_16e6.txt.gz"
+CLIP_VOCAB_SIZE = 49408
+CLIP_MAX_LENGTH = 77
+START_TOKEN = "<|startoftext|>"
+END_TOKEN = "<|endoftext|>"
+# The padding of each Stable Diffusion tokenizer (see the module docstring).
+PAD_TOKENS = {"clip-l": END_TOKEN, "clip-g": "!"}
+# OpenAI's SimpleTokenizer: 49,152 BPE entries less the 256 byte symbols and the 2 special tokens.
+_MERGE_COUNT = 49152 - 256 - 2
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -183,61 +53,85 @@ def _bytes_to_unicode() -> dict[int, str]:
     return {b: chr(c) for b, c in zip(printable, codes, strict=True)}
 
 
-def build_demo_tokenizer_files(out_dir: str | os.PathLike[str]) -> Path:
-    """Write ``vocab.json`` and ``merges.txt`` of a small CLIP-style BPE vocabulary into ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    alphabet = list(_bytes_to_unicode().values())
-    vocab_tokens = alphabet + [ch + "</w>" for ch in alphabet]
-    merges: list[str] = []
-    seen = set(vocab_tokens)
-    for word in _DEMO_WORDS:
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
-        current = symbols[0]
-        for nxt in symbols[1:]:
-            merged = current + nxt
-            pair = f"{current} {nxt}"
-            if merged not in seen:
-                merges.append(pair)
-                vocab_tokens.append(merged)
-                seen.add(merged)
-            current = merged
-    vocab_tokens += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {token: index for index, token in enumerate(vocab_tokens)}
-    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    return out
+@functools.cache
+def clip_vocabulary() -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, str], ...]]:
+    """CLIP's vocabulary (token, id) and merges, read once from the bundled file. Immutable."""
+    lines = gzip.decompress(BPE_FILE.read_bytes()).decode("utf-8").split("\n")
+    # The first line is a header; the merges after the first 48,894 were never part of the vocabulary.
+    merges = tuple(tuple(line.split()) for line in lines[1 : _MERGE_COUNT + 1])
+    if len(merges) != _MERGE_COUNT or any(len(pair) != 2 for pair in merges):
+        raise AtelierError(f"{BPE_FILE.name} is damaged: reinstall Atelier", field="tokenizer")
+    symbols = list(_bytes_to_unicode().values())
+    tokens = symbols + [symbol + "</w>" for symbol in symbols]
+    tokens += ["".join(pair) for pair in merges] + [START_TOKEN, END_TOKEN]
+    vocabulary = tuple((token, index) for index, token in enumerate(tokens))
+    if len(vocabulary) != CLIP_VOCAB_SIZE:
+        raise AtelierError(f"{BPE_FILE.name} is damaged: reinstall Atelier", field="tokenizer")
+    return vocabulary, merges  # type: ignore[return-value]
 
 
-def build_demo_tokenizer(out_dir: str | os.PathLike[str], *, pad_token: str = "<|endoftext|>"):
-    """Build and save a CLIP tokenizer (transformers format) with the demo vocabulary."""
+def clip_tokenizer(kind: str = "clip-l") -> Any:
+    """A new transformers ``CLIPTokenizer`` of the bundled vocabulary: ``clip-l`` or ``clip-g`` (see above)."""
     from transformers import CLIPTokenizer
 
-    out = build_demo_tokenizer_files(out_dir)
-    vocab = json.loads((out / "vocab.json").read_text(encoding="utf-8"))
-    merges = (out / "merges.txt").read_text(encoding="utf-8").splitlines()[1:]
-    tokenizer = CLIPTokenizer(
-        vocab=vocab,
-        merges=[tuple(m.split(" ")) for m in merges if m],
-        pad_token=pad_token,
-        model_max_length=77,
+    if kind not in PAD_TOKENS:
+        raise AtelierError(f"tokenizer kind must be one of {', '.join(PAD_TOKENS)}", field="tokenizer")
+    vocabulary, merges = clip_vocabulary()
+    return CLIPTokenizer(
+        vocab=dict(vocabulary),
+        merges=list(merges),
+        unk_token=END_TOKEN,
+        bos_token=START_TOKEN,
+        eos_token=END_TOKEN,
+        pad_token=PAD_TOKENS[kind],
+        model_max_length=CLIP_MAX_LENGTH,
     )
-    tokenizer.save_pretrained(str(out))
-    return tokenizer
 
 
-def load_tokenizer(
-    source: str | os.PathLike[str] | None,
-    *,
-    repo_id: str = CLIP_L_REPO,
-    what: str = "tokenizer",
-    expected_folder: Path | None = None,
-):
-    """Load a CLIP tokenizer from a local folder, else from the Hugging Face cache; never from the network."""
+# CLIP's word splitting, as transformers' CLIPTokenizer defines it for the ``tokenizers`` library.
+_CLIP_SPLIT = (
+    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+)
+
+
+def clip_backend() -> Any:
+    """The bundled tokenizer as a bare ``tokenizers.Tokenizer``: for counting tokens without transformers.
+
+    ``atelier prompt`` answers without importing transformers or torch; this is the same pipeline transformers'
+    CLIPTokenizer builds (NFC, whitespace folded, lowercase; CLIP's split; byte-level BPE with ``</w>``), and
+    the tests hold both to the same ids as an independent implementation. No special tokens are added.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import BPE
+
+    vocabulary, merges = clip_vocabulary()
+    backend = Tokenizer(
+        BPE(
+            vocab=dict(vocabulary),
+            merges=list(merges),
+            continuing_subword_prefix="",
+            end_of_word_suffix="</w>",
+            fuse_unk=False,
+            unk_token=END_TOKEN,
+        )
+    )
+    backend.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_CLIP_SPLIT), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    return backend
+
+
+def load_tokenizer(source: str | os.PathLike[str], *, what: str = "tokenizer") -> Any:
+    """A CLIP tokenizer saved in a local folder (``tokenizer.json``, or ``vocab.json`` + ``merges.txt``)."""
     from transformers import CLIPTokenizer
 
-    if source is None:
-        source = _cached_snapshot(repo_id, what, expected_folder)
     path = Path(source)
     if not path.is_dir():
         raise AtelierError(f"{what} folder not found: {path}", field="tokenizer")
@@ -250,24 +144,37 @@ def load_tokenizer(
     return tokenizer
 
 
-def _cached_snapshot(repo_id: str, what: str, expected_folder: Path | None) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+def cached_tokenizer_folder(repo_id: str) -> Path | None:
+    """The Hugging Face cache's snapshot of ``repo_id``'s tokenizer files, if a download left one; never fetches."""
+    from huggingface_hub import try_to_load_from_cache
 
-    try:
-        return Path(
-            snapshot_download(
-                repo_id,
-                local_files_only=True,
-                allow_patterns=["tokenizer*", "vocab.json", "merges.txt", "special_tokens_map.json"],
-            )
-        )
-    except (LocalEntryNotFoundError, OSError):
-        beside = f"'{expected_folder}'" if expected_folder else "'<checkpoint name>.tokenizer/'"
-        raise AtelierError(
-            f"no {what} for this single-file checkpoint: it is not in the Hugging Face cache ({repo_id}) and no "
-            f"folder was given. Put the tokenizer folder (vocab.json, merges.txt) of a diffusers model next to the "
-            f"checkpoint as {beside} (SDXL: with a 'tokenizer_2/' inside), or download it "
-            f"once online: huggingface-cli download {repo_id} vocab.json merges.txt tokenizer_config.json "
-            f"special_tokens_map.json"
-        ) from None
+    for filename in ("tokenizer.json", "vocab.json"):
+        found = try_to_load_from_cache(repo_id, filename)
+        if isinstance(found, str):
+            return Path(found).parent
+    return None
+
+
+def tokenizers_for_single_file(arch: str, folder: Path | None) -> dict[str, Any]:
+    """The ``tokenizer`` / ``tokenizer_2`` components a single-file checkpoint of ``arch`` needs.
+
+    ``folder`` (a ``<name>.tokenizer/`` folder beside the file, SDXL with a ``tokenizer_2/`` inside) wins, then
+    the Hugging Face cache of the original repositories, then the bundled vocabulary.
+    """
+    components: dict[str, Any] = {}
+    if arch != "sdxl-refiner":
+        given = folder if folder is not None else cached_tokenizer_folder(CLIP_L_REPO)
+        components["tokenizer"] = load_tokenizer(given) if given is not None else clip_tokenizer("clip-l")
+    if arch in ("sdxl", "sdxl-refiner"):
+        given = None
+        if folder is not None:
+            given = folder / "tokenizer_2" if (folder / "tokenizer_2").is_dir() else folder
+        else:
+            given = cached_tokenizer_folder(CLIP_BIGG_REPO)
+        if given is not None:
+            tokenizer_2 = load_tokenizer(given, what="tokenizer_2")
+            tokenizer_2.pad_token = PAD_TOKENS["clip-g"]
+        else:
+            tokenizer_2 = clip_tokenizer("clip-g")
+        components["tokenizer_2"] = tokenizer_2
+    return components
