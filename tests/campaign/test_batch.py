@@ -232,7 +232,8 @@ OUTSIDE,../elsewhere.png,,belt,black
         "failed: SMALLMASK: mask photos/small-mask.png is 32x32 but image photos/jacket.png is 96x64",
         "failed: GOOD: the same sku is on line 2; each sku must be unique",
         "failed: ../escape: sku '../escape' cannot be a folder name (no / or \\, not starting with '.')",
-        f"failed: OUTSIDE: image ../elsewhere.png is outside the catalog's folder {tmp_path}",
+        # The catalog is the user's own file: a path outside its folder is fine, this one just does not exist.
+        "failed: OUTSIDE: image not found: ../elsewhere.png",
     ]
     assert [(r["sku"], r["scene"], r["prompt"]) for r in manifest_lines(out)] == [
         ("GOOD", "forest", "a red parka in a misty forest")
@@ -583,3 +584,18 @@ def test_a_scene_lora_is_added_to_every_filled_prompt(tmp_path):
     prompt, negative = studio.fill({"product": "a {curly} tote"}, ("sku", "product"))
     assert prompt == "a {curly} tote on a white table, studio light <lora:linen:0.8>"
     assert negative == ""
+
+
+def test_a_catalog_may_name_photos_by_absolute_path(tmp_path, tiny_models):
+    """The catalog is the user's own CSV: photos kept in a shared folder are named by their full path."""
+    shared = tmp_path / "shared-photos"
+    csv_path, scenes_path = write_catalog(tmp_path / "catalog")
+    (tmp_path / "catalog" / "photos").rename(shared)
+    catalog = f"sku,image,mask,product,color\nJKT-1,{shared / 'jacket.png'},{shared / 'jacket-mask.png'},parka,red\n"
+    csv_path.write_text(catalog, encoding="utf-8")
+    scenes = SCENES.replace("seeds = [1, 2]", "seeds = [1]").split('[[scene]]\nname = "studio"')[0]
+    scenes_path.write_text(scenes, encoding="utf-8")
+    out = tmp_path / "out"
+    result = run_batch(csv_path, "--scenes", scenes_path, "--model", tiny_models("sd15"), "--out", out)
+    assert result.code == 0, result.err
+    assert [(line["sku"], line["scene"]) for line in manifest_lines(out)] == [("JKT-1", "forest")]

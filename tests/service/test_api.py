@@ -317,3 +317,23 @@ def test_a_non_loopback_bind_needs_a_key_first(tiny_models, tmp_path):
     with pytest.raises(AtelierError) as refused:
         start_server(tmp_path / "data", tiny_models, host="0.0.0.0")
     assert refused.value.field == "host"
+
+
+def test_serve_makes_the_buckets_and_the_demo_model_beside_a_controlnet(tmp_path, tiny_models):
+    """A first start with only a ControlNet in models/controlnet/: the buckets appear and the demo is made."""
+    import shutil
+
+    from atelier.service.server import StudioServer
+
+    data = tmp_path / "fresh"
+    shutil.copytree(tiny_models("controlnet-sd15"), data / "models" / "controlnet" / "canny-tiny")
+    server = StudioServer(fast_config(data, max_workers=0, port=0), log_level="warning")
+    try:
+        assert {path.name for path in data.iterdir() if path.is_dir()} >= {
+            "training-data",
+            "models",
+            "outputs",
+        }
+        assert [record.name for record in server.studio.registry.list("checkpoint")] == ["atelier-demo-sd15"]
+    finally:
+        server.studio.close()

@@ -193,3 +193,18 @@ def test_watching_an_s3_bucket(tmp_path, s3_endpoint, s3_client, tiny_models, lo
         assert studio.registry.get("tiny-sd15").source == "upload"
     finally:
         studio.close()
+
+
+def test_a_diffusers_lora_folder_is_registered_under_the_folder_name(studio, lora_file):
+    """diffusers' DreamBooth scripts and AutoTrain write <name>/pytorch_lora_weights.safetensors."""
+    clock = FakeTime()
+    watcher = watcher_for(studio, clock)
+    studio.storage.put_file("models/oue-scooter/pytorch_lora_weights.safetensors", lora_file)
+    report = settled_scan(watcher, clock)
+    assert report.registered == ["oue-scooter"]
+    record = studio.registry.get("oue-scooter", "lora")
+    assert record.storage_key == "models/oue-scooter/pytorch_lora_weights.safetensors"
+    prepared = prepare_generation(
+        studio, {"prompt": "a scooter <lora:oue-scooter:0.8>", "steps": 2, "width": 64, "height": 64}
+    )
+    assert [lora.name for lora in prepared.loras] == ["oue-scooter"]

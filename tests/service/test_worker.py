@@ -131,26 +131,6 @@ def test_a_model_deleted_after_submission_fails_the_job_without_retrying(studio)
     assert done.progress_info == {"error_field": "model", "user_error": True}
 
 
-def test_unexpected_errors_are_retried(studio, monkeypatch):
-    from atelier.engine.generate import Engine
-
-    real_generate = Engine.generate
-    calls = []
-
-    def flaky(self, request, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError("CUDA out of memory (simulated)")
-        return real_generate(self, request, **kwargs)
-
-    monkeypatch.setattr(Engine, "generate", flaky)
-    job = submit(studio)
-    with running_worker(studio):
-        done = wait_for(lambda: (found := studio.store.get(job.id)).finished and found)
-    assert done.state == "succeeded"
-    assert done.attempts == 2
-
-
 def test_loras_are_used_by_name_and_switched_on_the_warm_model(studio, tiny_models, tmp_path):
     lora_file = make_lora(tiny_models("sd15"), tmp_path / "shoes.safetensors")
     studio.storage.put_file("models/loras/shoes.safetensors", lora_file)

@@ -422,3 +422,160 @@ def test_the_seed_workflow_zip_dataset_toml_and_sd15_preset(
     warnings = " ".join(result.summary["warnings"])
     assert "8-bit AdamW is not available" in warnings and "needs a GPU" in warnings
     assert list(result.summary["dataset"]["folders"]) == ["sample"]
+
+
+# kohya's train_network.py writes these only without --dataset_config (read from its metadata code).
+_KOHYA_SINGLE_DATASET_KEYS = {
+    "ss_batch_size_per_device",
+    "ss_total_batch_size",
+    "ss_resolution",
+    "ss_color_aug",
+    "ss_flip_aug",
+    "ss_random_crop",
+    "ss_shuffle_caption",
+    "ss_enable_bucket",
+    "ss_bucket_no_upscale",
+    "ss_min_bucket_reso",
+    "ss_max_bucket_reso",
+    "ss_keep_tokens",
+    "ss_reg_dataset_dirs",
+    "ss_bucket_info",
+}
+
+
+def test_a_dataset_config_is_recorded_as_kohya_records_it(tmp_path, tiny_models):
+    """ss_* metadata says what training really used: each dataset's size, batch, buckets and subsets."""
+    data = _dataset(tmp_path / "data", repeats=2)  # "2_oue car": 4 captioned images
+    reg = tmp_path / "data" / "reg"
+    reg.mkdir()
+    for index in range(2):
+        Image.new("RGB", (64, 64), (index * 90, 40, 40)).save(reg / f"car{index}.png")
+    (tmp_path / "data" / "dataset.toml").write_text(
+        """
+[general]
+shuffle_caption = true
+caption_extension = ".txt"
+
+[[datasets]]
+resolution = 64
+batch_size = 2
+enable_bucket = true
+min_bucket_reso = 32
+max_bucket_reso = 128
+bucket_reso_steps = 32
+
+  [[datasets.subsets]]
+  image_dir = "2_oue car"
+  num_repeats = 3
+  keep_tokens = 1
+  flip_aug = true
+
+  [[datasets.subsets]]
+  image_dir = "reg"
+  is_reg = true
+  class_tokens = "car"
+
+[[datasets]]
+resolution = [64, 64]
+batch_size = 1
+enable_bucket = false
+
+  [[datasets.subsets]]
+  image_dir = "2_oue car"
+  shuffle_caption = false
+""",
+        encoding="utf-8",
+    )
+    result = train_lora(
+        _config(max_train_steps=1),
+        data=data,
+        base_model=tiny_models("sd15"),
+        out_dir=tmp_path / "run",
+        dataset_config=tmp_path / "data" / "dataset.toml",
+    )
+    _, metadata = _kohya_file(result.output_file)
+    assert not _KOHYA_SINGLE_DATASET_KEYS & metadata.keys()
+    datasets = json.loads(metadata["ss_datasets"])
+    assert [list(entry) for entry in datasets] == [
+        [
+            "is_dreambooth",
+            "batch_size_per_device",
+            "num_train_images",
+            "num_reg_images",
+            "resolution",
+            "enable_bucket",
+            "min_bucket_reso",
+            "max_bucket_reso",
+            "tag_frequency",
+            "bucket_info",
+            "resize_interpolation",
+            "subsets",
+        ]
+    ] * 2
+    first, second = datasets
+    assert first["batch_size_per_device"] == 2 and second["batch_size_per_device"] == 1
+    assert first["num_train_images"] == 12 and second["num_train_images"] == 4  # 4 images x 3, x 1
+    assert first["num_reg_images"] > 0 and second["num_reg_images"] == 0
+    assert first["resolution"] == [64, 64] and first["enable_bucket"] is True
+    assert (first["min_bucket_reso"], first["max_bucket_reso"]) == (32, 128)
+    assert (second["enable_bucket"], second["min_bucket_reso"], second["bucket_info"]) == (False, None, None)
+    assert (
+        sum(bucket["count"] for bucket in first["bucket_info"]["buckets"].values())
+        == 12 + first["num_reg_images"]
+    )
+    assert first["tag_frequency"]["2_oue car"]["oue car"] == 4  # per image, not per repeat
+    product, regularisation = first["subsets"]
+    assert product == {
+        "img_count": 4,
+        "num_repeats": 3,
+        "color_aug": False,
+        "flip_aug": True,
+        "random_crop": False,
+        "shuffle_caption": True,
+        "keep_tokens": 1,
+        "keep_tokens_separator": "",
+        "secondary_separator": None,
+        "enable_wildcard": False,
+        "caption_prefix": None,
+        "caption_suffix": None,
+        "resize_interpolation": None,
+        "image_dir": "2_oue car",
+        # With a dataset config kohya reads no repeats or class tokens from folder names, and neither does Atelier.
+        "class_tokens": None,
+        "is_reg": False,
+    }
+    assert (regularisation["image_dir"], regularisation["is_reg"], regularisation["class_tokens"]) == (
+        "reg",
+        True,
+        "car",
+    )
+    assert second["subsets"][0]["shuffle_caption"] is False
+    # Top level: the non-regularisation folders of every dataset, a repeated name numbered as kohya numbers it.
+    assert json.loads(metadata["ss_dataset_dirs"]) == {
+        "2_oue car": {"n_repeats": 3, "img_count": 4},
+        "2_oue car (2)": {"n_repeats": 1, "img_count": 4},
+    }
+    assert set(json.loads(metadata["ss_tag_frequency"])) == {"2_oue car", "reg"}
+    assert metadata["ss_num_train_images"] == "16"
+
+
+def test_without_a_dataset_config_the_single_dataset_keys_are_kohyas(tmp_path, tiny_models):
+    data = _dataset(tmp_path / "data", repeats=2)
+    result = train_lora(
+        _config(max_train_steps=1, enable_bucket=False),
+        data=data,
+        base_model=tiny_models("sd15"),
+        out_dir=tmp_path / "run",
+    )
+    _, metadata = _kohya_file(result.output_file)
+    assert "ss_datasets" not in metadata
+    assert metadata["ss_resolution"] == "(64, 64)" and metadata["ss_batch_size_per_device"] == "2"
+    assert (metadata["ss_color_aug"], metadata["ss_random_crop"], metadata["ss_enable_bucket"]) == (
+        "False",
+        "False",
+        "False",
+    )
+    # kohya: no bucket sizes and "null" bucket info when bucketing is off.
+    assert (metadata["ss_min_bucket_reso"], metadata["ss_max_bucket_reso"]) == ("None", "None")
+    assert metadata["ss_bucket_info"] == "null" and metadata["ss_reg_dataset_dirs"] == "{}"
+    assert json.loads(metadata["ss_dataset_dirs"]) == {"2_oue car": {"n_repeats": 2, "img_count": 4}}

@@ -201,16 +201,19 @@ class AdSpec:
     font: str = "roboto"
     brand: Brand = field(default_factory=Brand)
     animation: AnimationSettings = field(default_factory=AnimationSettings)
+    # A spec that came over the API may only name files inside its folder; a user's own spec file (the CLI)
+    # may name any file the user can read, relative to the spec's folder or absolute.
+    confined: bool = True
 
     def resolve_file(self, entry: str, what: str) -> Path:
-        """``entry`` as a path inside the spec's folder; refuses absolute paths and ``..`` escapes."""
-        if Path(entry).is_absolute():
+        """``entry`` relative to the spec's folder (or absolute, unless confined); confined: no ``..`` escapes."""
+        base = self.base_dir.resolve()
+        if self.confined and Path(entry).is_absolute():
             raise UnsafeFileError(
                 f"{what} {entry!r} must be a path relative to the spec's folder", field=what
             )
-        base = self.base_dir.resolve()
-        path = (base / entry).resolve()
-        if not path.is_relative_to(base):
+        path = (base / Path(entry).expanduser()).resolve()
+        if self.confined and not path.is_relative_to(base):
             raise UnsafeFileError(f"{what} {entry!r} points outside the spec's folder", field=what)
         if not path.is_file():
             raise NotFoundError(f"{what} file not found: {entry} (looked in {base})", field=what)
@@ -274,8 +277,11 @@ def _number(table: dict[str, Any], key: str, default: float, low: float, high: f
     return float(value)
 
 
-def parse_ad_spec(data: dict[str, Any], base_dir: Path) -> AdSpec:
-    """Check an ad spec given as a dict (parsed TOML or JSON); files are resolved against ``base_dir``."""
+def parse_ad_spec(data: dict[str, Any], base_dir: Path, *, confined: bool = True) -> AdSpec:
+    """Check an ad spec given as a dict (parsed TOML or JSON); files are resolved against ``base_dir``.
+
+    ``confined`` (for specs from the API) keeps every file it names inside ``base_dir``.
+    """
     _check_keys(data, _SPEC_KEYS, "")
     materials = data.get("materials")
     if not isinstance(materials, list) or not materials:
@@ -327,6 +333,7 @@ def parse_ad_spec(data: dict[str, Any], base_dir: Path) -> AdSpec:
         font=_string(data, "font") or "roboto",
         brand=brand,
         animation=animation,
+        confined=confined,
     )
     if spec.logo is not None:
         spec.resolve_file(spec.logo, "logo")
@@ -340,7 +347,8 @@ def load_ad_spec(path: Path) -> AdSpec:
     path = Path(path)
     if not path.is_file():
         raise NotFoundError(f"ad spec not found: {path}")
-    return parse_ad_spec(read_toml(path, what="ad spec"), path.parent)
+    # The user's own file: it may name images anywhere they can read.
+    return parse_ad_spec(read_toml(path, what="ad spec"), path.parent, confined=False)
 
 
 @dataclass(frozen=True)

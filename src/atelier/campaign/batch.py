@@ -408,11 +408,12 @@ def _decode(data: bytes, relative: str, what: str, *, load: bool) -> Image.Image
 
 
 def _photo(catalog: Catalog, relative: str, what: str) -> tuple[PhotoFile, Image.Image]:
-    """The checked file, and the image with only its header read (its pixels are decoded to generate)."""
-    base = catalog.folder.resolve()
-    path = (base / relative).resolve()
-    if Path(relative).is_absolute() or not path.is_relative_to(base):
-        raise AtelierError(f"{what} {relative} is outside the catalog's folder {catalog.folder}", field=what)
+    """The checked file, and the image with only its header read (its pixels are decoded to generate).
+
+    The catalog is the user's own file (batches run from the CLI only), so a photo may be anywhere they can
+    read: relative to the catalog's folder, or absolute.
+    """
+    path = (catalog.folder.resolve() / Path(relative).expanduser()).resolve()
     data = _read_file(path, relative, what)
     header = _decode(data, relative, what, load=False)
     return PhotoFile(path, relative, hashlib.sha256(data).hexdigest(), header.size), header

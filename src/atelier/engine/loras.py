@@ -22,7 +22,8 @@ from atelier.errors import AtelierError, NotFoundError
 
 # Cross-attention width of each base family, the surest sign of what a LoRA was trained on.
 _FAMILY_BY_WIDTH = {768: "SD 1.5", 1024: "SD 2.x", 2048: "SDXL", 1280: "SDXL refiner"}
-_FAMILY_CODE_BY_WIDTH = {768: "sd15", 2048: "sdxl", 1280: "sdxl"}
+# The tiny demo models (engine/tiny.py) are architectures of their own: 32 (SD 1.5), 80 (SDXL), 48 (refiner).
+_FAMILY_CODE_BY_WIDTH = {768: "sd15", 2048: "sdxl", 1280: "sdxl", 32: "sd15", 80: "sdxl", 48: "sdxl"}
 _CROSS_ATTENTION_KEY = re.compile(r"attn2[._]to_k.*(lora_down|lora_A|lora\.down)\.weight$")
 # Structure only SDXL has: a second text encoder; kohya's SGM block names (its SD 1.5 files use diffusers'
 # down_blocks names); more than one transformer block per attention (SD 1.5 has one).

@@ -152,8 +152,17 @@ def check_model_name(name: object, *, what: str = "model") -> str:
 
 
 def model_name_for_key(key: str) -> str:
-    """The name a model gets from its storage key: the file name without ``.safetensors``, or the folder name."""
-    last = PurePosixPath(key).name
+    """The name a model gets from its storage key: the file name without ``.safetensors``, or the folder name.
+
+    A diffusers LoRA (``<name>/pytorch_lora_weights.safetensors``, as diffusers' DreamBooth scripts and
+    AutoTrain write it) is named after its folder, as its users name it.
+    """
+    from atelier.engine.loras import DIFFUSERS_LORA_FILE
+
+    path = PurePosixPath(key)
+    if path.name == DIFFUSERS_LORA_FILE and len(path.parts) > 2:
+        return path.parent.name
+    last = path.name
     return last[: -len(MODEL_SUFFIX)] if last.lower().endswith(MODEL_SUFFIX) else last
 
 
@@ -166,7 +175,7 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelFileInfo:
     """
     from atelier.engine.architectures import base_family
     from atelier.engine.loras import inspect_lora, lora_sha256
-    from atelier.engine.models import detect_architecture, model_sha256, refuse_pickle
+    from atelier.engine.models import detect_architecture, model_sha256, refuse_pickle, safetensors_kind
 
     path = Path(path)
     refuse_pickle(path)
@@ -181,13 +190,9 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelFileInfo:
             f"{path.name}: only .safetensors files (or diffusers folders) are accepted as models",
             field="file",
         )
-    try:
-        architecture = detect_architecture(path)
-    except AtelierError as checkpoint_problem:
-        try:
-            family, _width = inspect_lora(path)
-        except AtelierError:
-            raise AtelierError(str(checkpoint_problem), field="file") from None
+    # The same rule as the CLI's model and LoRA folders (engine.models.safetensors_kind).
+    if safetensors_kind(path) == "lora":
+        family, _width = inspect_lora(path)
         return ModelFileInfo(
             "lora",
             family,
@@ -197,6 +202,10 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelFileInfo:
             path.stat().st_size,
             _lora_metadata(path),
         )
+    try:
+        architecture = detect_architecture(path)
+    except AtelierError as problem:
+        raise AtelierError(str(problem), field="file") from None
     return ModelFileInfo(
         "checkpoint", architecture, base_family(architecture), model_sha256(path), None, path.stat().st_size
     )
@@ -335,7 +344,13 @@ class ModelRegistry:
             if bare in (record.name, record.filename.removesuffix(MODEL_SUFFIX), record.display_name):
                 return record
         available = ", ".join(record.name for record in checkpoints) or "none"
-        raise NotFoundError(f"unknown model {wanted!r}; available: {available}", field=field)
+        hint = ""
+        if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", wanted):
+            hint = (
+                " (this looks like a Hugging Face id: Atelier never downloads models; upload the model's "
+                ".safetensors file to the models bucket)"
+            )
+        raise NotFoundError(f"unknown model {wanted!r}; available: {available}{hint}", field=field)
 
     def by_key(self, storage_key: str) -> ModelRecord | None:
         """The model registered from this storage key, if any."""

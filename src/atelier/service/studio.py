@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from atelier.errors import AtelierError
 from atelier.service.config import StudioConfig
+from atelier.service.controlnets import CONTROLNET_PREFIX
 from atelier.service.jobs import SqlJobStore, open_database
 from atelier.service.ledger import Ledger
 from atelier.service.modelfiles import FOLDER_MODEL_MARKER, folder_version, upload_folder
@@ -78,6 +79,27 @@ class Studio:
     def close(self) -> None:
         self.database.dispose()
 
+    def _may_be_checkpoint(self, key: str) -> bool:
+        """Whether ``key`` in the models bucket may be a checkpoint the watcher has yet to register.
+
+        ControlNets (their own folder) and LoRAs are not: a studio holding only those still needs the demo.
+        """
+        from atelier.engine.models import safetensors_kind
+
+        if key.startswith(CONTROLNET_PREFIX + "/") or self.registry.by_key(key) is not None:
+            return False
+        if key.endswith("/" + FOLDER_MODEL_MARKER):
+            return True
+        if not key.endswith(".safetensors"):
+            return False
+        local = self.storage.local_path(key)
+        if local is None:
+            return True  # on S3, reading every header at start-up would download them: let the watcher decide
+        try:
+            return safetensors_kind(local) == "checkpoint"
+        except AtelierError:
+            return False  # the watcher will refuse it with its reason
+
     def ensure_demo_model(self) -> ModelRecord | None:
         """Create and register the tiny random-weight demo model when the studio has no model at all.
 
@@ -90,12 +112,7 @@ class Studio:
 
         if self.registry.list("checkpoint"):
             return None
-        waiting = [
-            item
-            for item in self.storage.list("models")
-            if item.key.endswith((".safetensors", "/" + FOLDER_MODEL_MARKER))
-        ]
-        if waiting:
+        if any(self._may_be_checkpoint(item.key) for item in self.storage.list("models")):
             return None
         key = f"models/{DEMO_MODEL_NAME}"
         local = self.storage.local_path(key)

@@ -30,7 +30,7 @@ import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,10 +40,14 @@ import torch
 from safetensors.torch import save, save_file
 
 from atelier.engine.convert import _unet_key
+from atelier.engine.loras import DIFFUSERS_LORA_FILE
 from atelier.files import write_atomic
+from atelier.training.buckets import bucket_info
 from atelier.training.config import TrainConfig
+from atelier.training.dataset import ImageItem, tag_frequency
+from atelier.training.dataset_config import DatasetConfig
 
-DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+DIFFUSERS_WEIGHT_NAME = DIFFUSERS_LORA_FILE
 SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # kohya's ss_base_model_version values.
 BASE_MODEL_VERSIONS = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}
@@ -195,12 +199,111 @@ class RunInfo:
     training_started_at: float
     tag_frequency: dict[str, dict[str, int]] = field(default_factory=dict)
     dataset_dirs: dict[str, dict[str, int]] = field(default_factory=dict)
-    bucket_info: dict[str, Any] = field(default_factory=dict)
+    bucket_info: dict[str, Any] | None = field(default_factory=dict)
+    reg_dataset_dirs: dict[str, dict[str, int]] = field(default_factory=dict)
+    # With a dataset config: one entry per [[datasets]] in kohya's ``ss_datasets`` shape (see datasets_metadata).
+    datasets: list[dict[str, Any]] | None = None
 
 
 def _text(value: Any) -> str:
-    # kohya writes Python's str() of each value (True, None, 0.0001), and JSON for the nested tables.
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else str(value)
+    # kohya writes Python's str() of each value (True, None, 0.0001), and json.dumps (its defaults: ASCII, ", "
+    # and ": ") for the nested tables.
+    return json.dumps(value) if isinstance(value, dict | list) else str(value)
+
+
+# kohya writes these only without --dataset_config; with one, each dataset's own values are in ss_datasets.
+_SINGLE_DATASET_KEYS = (
+    "ss_batch_size_per_device",
+    "ss_total_batch_size",
+    "ss_resolution",
+    "ss_color_aug",
+    "ss_flip_aug",
+    "ss_random_crop",
+    "ss_shuffle_caption",
+    "ss_enable_bucket",
+    "ss_bucket_no_upscale",
+    "ss_min_bucket_reso",
+    "ss_max_bucket_reso",
+    "ss_keep_tokens",
+    "ss_reg_dataset_dirs",
+    "ss_bucket_info",
+)
+
+
+def dataset_dirs(subsets: Sequence[tuple[str, int, int]]) -> dict[str, dict[str, int]]:
+    """kohya's ``ss_dataset_dirs``: ``(folder name, repeats, image count)`` per subset; a repeated name gets
+    " (2)", " (3)"... as kohya names it when several datasets use folders of the same name."""
+    dirs: dict[str, dict[str, int]] = {}
+    for name, repeats, count in subsets:
+        key, number = name, 1
+        while key in dirs:
+            number += 1
+            key = f"{name} ({number})"
+        dirs[key] = {"n_repeats": repeats, "img_count": count}
+    return dirs
+
+
+def datasets_metadata(
+    datasets: Sequence[DatasetConfig],
+    items: Sequence[Sequence[ImageItem]],
+    assigned: Sequence[Sequence[tuple[ImageItem, tuple[int, int]]]],
+) -> list[dict[str, Any]]:
+    """kohya's ``ss_datasets``: what each dataset of a ``dataset.toml`` really trained with.
+
+    Keys, order and values as kohya's ``train_network.py`` writes them for DreamBooth-style datasets (every
+    Atelier dataset is one: images with caption files). Options Atelier does not implement are recorded at the
+    value they had in effect (``color_aug`` and ``random_crop`` off, no caption prefix or wildcard).
+    """
+    entries = []
+    for dataset, dataset_items, dataset_assigned in zip(datasets, items, assigned, strict=True):
+        subsets = []
+        for subset in dataset.subsets:
+            count = sum(1 for item in dataset_items if item.subset is subset)
+            if count == 0:
+                continue  # kohya drops a subset without images from the dataset
+            subsets.append(
+                {
+                    "img_count": count,
+                    "num_repeats": subset.num_repeats,
+                    "color_aug": False,
+                    "flip_aug": subset.flip_aug,
+                    "random_crop": False,
+                    "shuffle_caption": subset.shuffle_caption,
+                    "keep_tokens": subset.keep_tokens,
+                    "keep_tokens_separator": "",
+                    "secondary_separator": None,
+                    "enable_wildcard": False,
+                    "caption_prefix": None,
+                    "caption_suffix": None,
+                    "resize_interpolation": None,
+                    "image_dir": subset.image_dir.name,
+                    "class_tokens": subset.class_tokens,
+                    "is_reg": subset.is_reg,
+                }
+            )
+        bucketed = dataset.enable_bucket
+        entries.append(
+            {
+                "is_dreambooth": True,
+                "batch_size_per_device": dataset.batch_size,
+                "num_train_images": sum(item.repeats for item in dataset_items if not item.is_reg),
+                "num_reg_images": sum(item.repeats for item in dataset_items if item.is_reg),
+                "resolution": list(dataset.resolution),
+                "enable_bucket": bucketed,
+                "min_bucket_reso": dataset.min_bucket_reso if bucketed else None,
+                "max_bucket_reso": dataset.max_bucket_reso if bucketed else None,
+                "tag_frequency": tag_frequency(dataset_items),
+                "bucket_info": _json_safe(bucket_info(dataset_assigned)) if bucketed else None,
+                "resize_interpolation": None,
+                "subsets": subsets,
+            }
+        )
+    return entries
+
+
+def _json_safe(value: Any) -> Any:
+    """Tuples as lists and integer keys as strings, as they come back from JSON."""
+    return json.loads(json.dumps(value))
 
 
 def kohya_metadata(
@@ -257,14 +360,19 @@ def kohya_metadata(
         "ss_caption_dropout_rate": config.caption_dropout_rate,
         "ss_shuffle_caption": config.shuffle_caption,
         "ss_keep_tokens": config.keep_tokens,
+        "ss_color_aug": False,
         "ss_flip_aug": config.flip_aug,
+        "ss_random_crop": False,
         "ss_enable_bucket": config.enable_bucket,
-        "ss_min_bucket_reso": config.min_bucket_reso,
-        "ss_max_bucket_reso": config.max_bucket_reso,
-        "ss_bucket_no_upscale": config.bucket_no_upscale,
+        # kohya: no bucket sizes (None) and no upscale rule when bucketing is off.
+        "ss_min_bucket_reso": config.min_bucket_reso if config.enable_bucket else None,
+        "ss_max_bucket_reso": config.max_bucket_reso if config.enable_bucket else None,
+        "ss_bucket_no_upscale": config.bucket_no_upscale and config.enable_bucket,
         "ss_tag_frequency": run.tag_frequency,
         "ss_dataset_dirs": run.dataset_dirs,
-        "ss_bucket_info": run.bucket_info,
+        "ss_reg_dataset_dirs": run.reg_dataset_dirs,
+        # Already JSON: kohya writes json.dumps(None), "null", without bucketing.
+        "ss_bucket_info": json.dumps(run.bucket_info if config.enable_bucket else None),
         "ss_training_comment": config.training_comment,
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": _MODELSPEC_ARCHITECTURES[run.family],
@@ -279,4 +387,8 @@ def kohya_metadata(
     }
     if run.base_model_hash:
         values["ss_new_sd_model_hash"] = run.base_model_hash
+    if run.datasets is not None:
+        for key in _SINGLE_DATASET_KEYS:
+            values.pop(key, None)
+        values["ss_datasets"] = run.datasets
     return {key: _text(value) for key, value in values.items()}

@@ -217,6 +217,7 @@ class LoraRecipe:
         self.sample_prompts: list[SamplePrompt] = load_sample_prompts(config.sample_prompts, warn=self.warn)
 
         data_dir = self._prepare_data(data, resume)
+        self.uses_dataset_config = dataset_config is not None
         self.datasets = self._dataset_configs(data_dir, dataset_config)
         self.items = self._scan()
 
@@ -886,11 +887,17 @@ class LoraRecipe:
 
     def _run_info(self) -> lora_files.RunInfo:
         config = self.config
-        images = [item for items in self.items for item in items]
-        dirs: dict[str, dict[str, int]] = {}
-        for item in images:
-            entry = dirs.setdefault(item.subset.image_dir.name, {"n_repeats": item.repeats, "img_count": 0})
-            entry["img_count"] += 1
+        used = [
+            (subset, sum(1 for item in items if item.subset is subset))
+            for dataset, items in zip(self.datasets, self.items, strict=True)
+            for subset in dataset.subsets
+        ]
+        used = [(subset, count) for subset, count in used if count]
+        # kohya merges the datasets' tag counts by folder name, the first dataset's winning.
+        tags: dict[str, dict[str, int]] = {}
+        for items in self.items:
+            for folder, counts in tag_frequency(items).items():
+                tags.setdefault(folder, counts)
         return lora_files.RunInfo(
             family=self.family,
             base_model_name=self.model.path.name,
@@ -909,9 +916,17 @@ class LoraRecipe:
             mixed_precision=self.mixed_precision,
             session_id=self.seed,
             training_started_at=self.state.started_at,
-            tag_frequency=tag_frequency([item for item in images if not item.is_reg]),
-            dataset_dirs=dirs,
+            tag_frequency=tags,
+            dataset_dirs=lora_files.dataset_dirs(
+                [(s.image_dir.name, s.num_repeats, count) for s, count in used if not s.is_reg]
+            ),
+            reg_dataset_dirs=lora_files.dataset_dirs(
+                [(s.image_dir.name, s.num_repeats, count) for s, count in used if s.is_reg]
+            ),
             bucket_info=self.data.bucket_info(),
+            datasets=lora_files.datasets_metadata(self.datasets, self.items, self.data.assigned)
+            if self.uses_dataset_config
+            else None,
         )
 
     def _lora_weights(self) -> tuple[dict[str, torch.Tensor] | None, list[dict[str, torch.Tensor] | None]]:
