@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -68,8 +69,11 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     temp_path = path.with_name(f"{TEMP_PREFIX}{secrets.token_hex(6)}-{path.name}")
     os.close(os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    usual_mode = stat.S_IMODE(temp_path.stat().st_mode)  # 0666 less this process's umask
     try:
         write(temp_path)
+        # Some writers replace the file rather than fill it (safetensors' Rust writer leaves 0600).
+        os.chmod(temp_path, usual_mode)
         with open(temp_path, "rb") as written:
             os.fsync(written.fileno())
         os.replace(temp_path, path)

@@ -90,3 +90,12 @@ def test_a_transitive_dependency_missing_from_the_lock_is_named(project_copy: Pa
     lock.write_text("\n".join(lines) + "\n")
     problems = deps.environment_problems(lock)
     assert any(problem.startswith("mpmath ") and "does not pin it" in problem for problem in problems)
+
+
+def test_the_start_up_check_recommends_the_locked_set():
+    from atelier.engine.versions import TESTED
+
+    pins = deps.read_lock(ROOT / "requirements.lock")
+    locked = {name: pins[name].version for name in TESTED if name != "torch"}
+    assert {name: version for name, version in TESTED.items() if name != "torch"} == locked
+    assert TESTED["torch"] == deps.torch_version()

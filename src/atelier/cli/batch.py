@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from atelier.cli.common import DEFAULT_DATA_DIR, quiet_libraries
+from atelier.cli.common import DEFAULT_DATA_DIR, lora_library, quiet_libraries
 
 API_KEY_VARIABLE = "ATELIER_API_KEY"
 
@@ -72,13 +72,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         from atelier.engine.generate import Engine
         from atelier.engine.library import ModelLibrary
-        from atelier.engine.loras import LoraLibrary
         from atelier.engine.models import detect_architecture
 
         model_path = ModelLibrary(args.models_dir).resolve(args.model)
         detect_architecture(model_path)  # refuses pickles and non-checkpoints before any work
         quiet_libraries()
-        engine = Engine(device=args.device, loras=LoraLibrary(args.lora_dir or args.models_dir))
+        engine = Engine(device=args.device, loras=lora_library(args.lora_dir, args.models_dir))
         backend = EngineBackend(engine, model_path)
         backend.check_loras(scenes)
 

@@ -45,6 +45,16 @@ def writable_folder(path: str | os.PathLike[str], *, what: str) -> Path:
     return path
 
 
+def lora_library(lora_dir: Path | None, models_dir: Path):
+    """The LoRA folder (default: the models folder, then the runs of `atelier train`'s default --out, so a LoRA
+    just trained is usable by its name)."""
+    from atelier.engine.loras import LoraLibrary
+
+    if lora_dir is not None:
+        return LoraLibrary(lora_dir)
+    return LoraLibrary(models_dir, also=[DEFAULT_DATA_DIR / "training"])
+
+
 def quiet_libraries() -> None:
     """Library progress bars and warnings would drown the CLI's own progress bar."""
     import warnings

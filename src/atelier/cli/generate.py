@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from atelier.cli.common import DEFAULT_DATA_DIR, load_image, quiet_libraries, writable_folder
+from atelier.cli.common import DEFAULT_DATA_DIR, load_image, lora_library, quiet_libraries, writable_folder
 from atelier.errors import AtelierError
 from atelier.files import write_atomic
 
@@ -18,7 +18,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="model name in the models folder, or a path (default: first model found)")
     p.add_argument("--models-dir", type=Path, default=DEFAULT_DATA_DIR / "models", help="models folder")
     p.add_argument(
-        "--lora-dir", type=Path, default=None, help="LoRA folder for <lora:name:w> (default: models folder)"
+        "--lora-dir",
+        type=Path,
+        default=None,
+        help="LoRA folder for <lora:name:w> (default: the models folder, then atelier-data/training)",
     )
     p.add_argument("--seed", type=int, default=-1, help="seed; -1 = random. Image i of a batch uses seed+i")
     p.add_argument("--steps", type=int, default=20)
@@ -105,7 +108,6 @@ def run(args: argparse.Namespace) -> int:
 
     from atelier.engine.generate import Engine
     from atelier.engine.library import ModelLibrary
-    from atelier.engine.loras import LoraLibrary
     from atelier.engine.models import detect_architecture
     from atelier.engine.output import save_image
     from atelier.engine.request import GenerationRequest
@@ -155,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         detect_architecture(refiner_path)
     engine = Engine(
         device=args.device,
-        loras=LoraLibrary(args.lora_dir or args.models_dir),
+        loras=lora_library(args.lora_dir, args.models_dir),
         preprocessor_models=args.preprocessor_models,
     )
     with tqdm(total=1, unit="step", desc="generating", dynamic_ncols=True) as bar:

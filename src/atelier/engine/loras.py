@@ -12,6 +12,7 @@ import json
 import os
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,21 +103,25 @@ class LoraLibrary:
     ``<name>/pytorch_lora_weights.safetensors`` folders (diffusers, AutoTrain). A file wins over a folder of
     the same name."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, also: Sequence[str | os.PathLike[str]] = ()) -> None:
         self.root = Path(root)
+        # Further folders searched after ``root`` (the CLI adds its training runs, so a LoRA trained with
+        # `atelier train` is usable by its name at once).
+        self.roots = [self.root, *(Path(folder) for folder in also)]
         self._hashes: dict[tuple[str, float, int], str] = {}
 
     def _files(self) -> dict[str, Path]:
-        if not self.root.is_dir():
-            return {}
         found: dict[str, Path] = {}
-        for path in sorted(self.root.iterdir()):
-            if path.name.startswith("."):
+        for root in self.roots:
+            if not root.is_dir():
                 continue
-            if path.is_file() and path.suffix == ".safetensors":
-                found[path.stem] = path
-            elif path.is_dir() and (path / DIFFUSERS_LORA_FILE).is_file():
-                found.setdefault(path.name, path / DIFFUSERS_LORA_FILE)
+            for path in sorted(root.iterdir()):
+                if path.name.startswith("."):
+                    continue
+                if path.is_file() and path.suffix == ".safetensors":
+                    found.setdefault(path.stem, path)
+                elif path.is_dir() and (path / DIFFUSERS_LORA_FILE).is_file():
+                    found.setdefault(path.name, path / DIFFUSERS_LORA_FILE)
         return found
 
     def names(self) -> list[str]:
@@ -133,12 +138,13 @@ class LoraLibrary:
 
     def resolve(self, name: str) -> Path:
         check_name(name, what="lora")
-        for path in (self.root / f"{name}.safetensors", self.root / name / DIFFUSERS_LORA_FILE):
-            if path.is_file():
-                return path
-        pickle = self.root / f"{name}.ckpt"
-        if pickle.exists():
-            refuse_pickle(pickle)
+        for root in self.roots:
+            for path in (root / f"{name}.safetensors", root / name / DIFFUSERS_LORA_FILE):
+                if path.is_file():
+                    return path
+            pickle = root / f"{name}.ckpt"
+            if pickle.exists():
+                refuse_pickle(pickle)
         available = ", ".join(self.names()) or "none"
         raise NotFoundError(f"unknown LoRA {name!r}; available: {available}", field="lora")
 

@@ -41,7 +41,7 @@ from safetensors.torch import save, save_file
 
 from atelier.engine.convert import _unet_key
 from atelier.engine.loras import DIFFUSERS_LORA_FILE
-from atelier.files import write_atomic
+from atelier.files import TEMP_PREFIX, write_atomic
 from atelier.training.buckets import bucket_info
 from atelier.training.config import TrainConfig
 from atelier.training.dataset import ImageItem, tag_frequency
@@ -168,14 +168,16 @@ def save_diffusers_lora(
         state_dict, config = encoder
         kwargs[f"{name}_lora_layers"] = _with_text_model_prefix(state_dict, dtype)
         kwargs[f"{name}_lora_adapter_metadata"] = dict(config)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        pipeline_class.save_lora_weights(str(staging), weight_name=DIFFUSERS_WEIGHT_NAME, **kwargs)
-        os.replace(staging / DIFFUSERS_WEIGHT_NAME, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    def write(temp: Path) -> None:
+        # diffusers writes into a folder by name; its file then becomes the atomic writer's temporary file.
+        staging = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{target.name}.", dir=temp.parent))
+        try:
+            pipeline_class.save_lora_weights(str(staging), weight_name=DIFFUSERS_WEIGHT_NAME, **kwargs)
+            os.replace(staging / DIFFUSERS_WEIGHT_NAME, temp)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    return write_atomic(target, write)
 
 
 @dataclass
