@@ -286,8 +286,9 @@ def test_prior_preservation_generates_class_images_from_the_class_prompt(tiny_mo
     dataset = result.summary["dataset"]
     # Regularization repeats are balanced to the training images, as kohya does.
     assert dataset["train_images"] == 4 and dataset["reg_images"] == 4
-    # Uncaptioned images take their folder's class tokens first (kohya's rule), the instance prompt otherwise.
-    assert dataset["tag_frequency"] == {"1_oue car": {"oue car": 4}}
+    # Uncaptioned images take their folder's class tokens first (kohya's rule), the instance prompt otherwise;
+    # kohya counts the regularization folders' tags too.
+    assert dataset["tag_frequency"] == {"1_oue car": {"oue car": 4}, "class_images": {"photo of a car": 2}}
     assert any("no caption" in warning for warning in result.summary["warnings"])
 
 
@@ -412,7 +413,10 @@ def test_the_seed_workflow_zip_dataset_toml_and_sd15_preset(
         "225",
         "0.1",
     )
-    assert metadata["ss_num_train_images"] == "60" and metadata["ss_resolution"] == "(512, 512)"
+    assert metadata["ss_num_train_images"] == "60"
+    # With a dataset.toml, kohya records each dataset's own resolution and batch size in ss_datasets.
+    (dataset,) = json.loads(metadata["ss_datasets"])
+    assert (dataset["resolution"], dataset["batch_size_per_device"]) == ([512, 512], 2)
     assert tensors["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"].shape[0] == 64
     # One step moved the zero-initialised up weights of UNet and text encoder through gradient checkpointing.
     assert tensors["lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight"].abs().max() > 0

@@ -191,7 +191,11 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelFileInfo:
             field="file",
         )
     # The same rule as the CLI's model and LoRA folders (engine.models.safetensors_kind).
-    if safetensors_kind(path) == "lora":
+    try:
+        kind = safetensors_kind(path)
+    except AtelierError as problem:
+        raise AtelierError(str(problem), field="file") from None
+    if kind == "lora":
         family, _width = inspect_lora(path)
         return ModelFileInfo(
             "lora",
