@@ -168,6 +168,7 @@ def save_diffusers_lora(
         state_dict, config = encoder
         kwargs[f"{name}_lora_layers"] = _with_text_model_prefix(state_dict, dtype)
         kwargs[f"{name}_lora_adapter_metadata"] = dict(config)
+
     def write(temp: Path) -> None:
         # diffusers writes into a folder by name; its file then becomes the atomic writer's temporary file.
         staging = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{target.name}.", dir=temp.parent))
