@@ -21,3 +21,11 @@ class NotFoundError(AtelierError):
 
 class UnsafeFileError(AtelierError):
     """A file that could execute code or escape its folder, refused on purpose."""
+
+
+class ConflictError(AtelierError):
+    """The request would replace something that exists (a model of the same name): HTTP 409."""
+
+
+class ForbiddenError(AtelierError):
+    """The caller's key may not do this (only an admin key may): HTTP 403."""

@@ -28,7 +28,8 @@ def client(studio: Studio) -> Iterator[TestClient]:
     app = create_app(studio)
     mount_ui(app)
     mount_ui(app)  # a second call (the app factory and a test both mounting) changes nothing
-    with TestClient(app) as client:
+    # The Host a browser on this machine sends; the studio answers to loopback names only.
+    with TestClient(app, base_url="http://127.0.0.1:7860") as client:
         yield client
 
 

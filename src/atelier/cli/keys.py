@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from atelier.service.config import StudioConfig
-    from atelier.service.jobs import open_database
+    from atelier.service.database import open_database
     from atelier.service.security import ApiKeyStore
 
     config = StudioConfig.for_data_dir(args.data, database_url=args.db)

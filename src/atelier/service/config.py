@@ -82,6 +82,15 @@ class StudioConfig:
     webhook_attempts: int = 6
     webhook_backoff_seconds: float = 1.0
     webhook_timeout_seconds: float = 10.0
+    # Webhooks to private, loopback and link-local addresses (ATELIER_WEBHOOK_ALLOW_PRIVATE=1): off, because a
+    # webhook_url is a request this server makes on a client's behalf (SSRF).
+    webhook_allow_private: bool = False
+    # Host names the API answers to besides the loopback ones (ATELIER_ALLOWED_HOSTS, comma-separated; "*" for
+    # any). Empty: loopback names when listening on loopback; any name when listening beyond it, where keys
+    # are required anyway.
+    allowed_hosts: tuple[str, ...] = ()
+    # How long an A1111-style request waits for its job before answering 504 (the job goes on).
+    request_timeout_seconds: float = 3600.0
 
     @classmethod
     def for_data_dir(
@@ -99,6 +108,7 @@ class StudioConfig:
             "storage_url": str(root),
             "cache_dir": root / CACHE_DIRNAME,
         }
+        values.update(_from_environment())
         values.update({key: value for key, value in overrides.items() if value is not None})
         if "cache_dir" in overrides and overrides["cache_dir"] is not None:
             values["cache_dir"] = Path(overrides["cache_dir"]).expanduser().resolve()
@@ -133,6 +143,7 @@ class StudioConfig:
             "watch_seconds",
             "webhook_backoff_seconds",
             "webhook_timeout_seconds",
+            "request_timeout_seconds",
         ):
             _positive(name, getattr(self, name))
         if self.settle_seconds < 0:
@@ -146,6 +157,33 @@ class StudioConfig:
             _whole(name, getattr(self, name), 1, 2**62)
         if not self.host:
             raise AtelierError("host is empty", field="host")
+        if not isinstance(self.allowed_hosts, tuple) or not all(
+            isinstance(name, str) and name.strip() for name in self.allowed_hosts
+        ):
+            raise AtelierError("allowed_hosts must be a list of host names", field="allowed_hosts")
+
+    def trusted_hosts(self) -> frozenset[str] | None:
+        """The Host names requests may carry (None: any). Loopback names always; see ``allowed_hosts``."""
+        if "*" in self.allowed_hosts:
+            return None
+        if not self.allowed_hosts and not is_loopback_host(self.host):
+            return None
+        return LOOPBACK_HOSTS | {name.strip().lower() for name in self.allowed_hosts}
+
+
+LOOPBACK_HOSTS = LOOPBACK_NAMES | {"127.0.0.1", "::1"}
+
+
+def _from_environment() -> dict[str, Any]:
+    """Settings a deployment gives as ``ATELIER_*`` environment variables."""
+    values: dict[str, Any] = {}
+    allow_private = os.environ.get("ATELIER_WEBHOOK_ALLOW_PRIVATE", "").strip().lower()
+    if allow_private:
+        values["webhook_allow_private"] = allow_private in ("1", "true", "yes", "on")
+    hosts = os.environ.get("ATELIER_ALLOWED_HOSTS", "").strip()
+    if hosts:
+        values["allowed_hosts"] = tuple(name.strip() for name in hosts.split(",") if name.strip())
+    return values
 
 
 def _whole(name: str, value: Any, low: int, high: int) -> None:

@@ -23,167 +23,33 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, Protocol
 
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 
 from atelier.errors import AtelierError, NotFoundError
+from atelier.service.database import UtcDateTime, metadata, migrate, open_database, utc_now, write_engine
 
 JOB_KINDS = ("generate", "train")
 JOB_STATES = ("queued", "running", "succeeded", "failed", "canceled")
 FINISHED_STATES = frozenset({"succeeded", "failed", "canceled"})
 
-JOBS_SCHEMA_VERSION = 1
-SQLITE_BUSY_TIMEOUT_S = 30.0
 MAX_LEASE_SECONDS = 24 * 3600
 MAX_PRIORITY = 1_000_000
 MAX_LIST_LIMIT = 1000
 
 _JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
-# Execution option read by the SQLite "begin" hook: transactions that read and then write must take the
-# write lock up front, or SQLite aborts the second writer with "database is locked" instead of waiting.
-_WRITE_OPTION = "atelier_write_transaction"
-# Arbitrary constant key for pg_advisory_xact_lock, serialising schema creation between processes.
-_SCHEMA_LOCK_KEY = 0x41544C52
-
-
-def utc_now() -> datetime:
-    """The current time as a timezone-aware UTC datetime."""
-    return datetime.now(UTC)
-
-
-class UtcDateTime(sa.TypeDecorator[datetime]):
-    """A datetime column that always hands back timezone-aware UTC values.
-
-    SQLite has no time zone type, so values are stored there as naive UTC; PostgreSQL keeps ``timestamptz``.
-    """
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetimes are ambiguous; pass a timezone-aware datetime")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Database connection and schema, shared with the ledger.
-
-
-def _normalize_database_url(url: str) -> URL:
-    usage = "expected sqlite:///path/to/atelier.db or postgresql://user@host:5432/dbname"
-    if not isinstance(url, str) or not url.strip():
-        raise AtelierError(f"database URL is empty; {usage}", field="url")
-    try:
-        parsed = make_url(url.strip())
-    except ArgumentError:
-        raise AtelierError(f"database URL is not valid; {usage}", field="url") from None
-    if parsed.drivername in ("postgres", "postgresql"):
-        return parsed.set(drivername="postgresql+psycopg")
-    if parsed.drivername.startswith("postgresql+"):
-        return parsed
-    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
-        if not parsed.database or parsed.database == ":memory:":
-            # Each pooled connection would get its own empty in-memory database.
-            raise AtelierError(f"SQLite database URL needs a file path; {usage}", field="url")
-        return parsed
-    raise AtelierError(
-        f"database type {parsed.drivername!r} is not supported; {usage}",
-        field="url",
-    )
-
-
-def _install_sqlite_hooks(engine: Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _connection_record: Any) -> None:
-        # Take BEGIN away from the sqlite3 module so _on_begin can choose BEGIN IMMEDIATE.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
-        # With WAL, NORMAL keeps the database consistent on power loss and only risks the last commit.
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Connection) -> None:
-        immediate = connection.get_execution_options().get(_WRITE_OPTION, False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-
-def open_database(url: str) -> Engine:
-    """Create a SQLAlchemy engine for an Atelier database URL (SQLite file or PostgreSQL via psycopg 3).
-
-    ``postgresql://`` and ``postgres://`` URLs are switched to the psycopg 3 driver. The parent folder of a
-    SQLite file is created if missing.
-    """
-    parsed = _normalize_database_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
-        _install_sqlite_hooks(engine)
-        return engine
-    return sa.create_engine(parsed, pool_pre_ping=True)
-
-
-def write_engine(engine: Engine) -> Engine:
-    """The same engine, but whose transactions take SQLite's write lock at BEGIN (no-op on PostgreSQL)."""
-    return engine.execution_options(**{_WRITE_OPTION: True})
-
-
-_schema_metadata = sa.MetaData()
-schema_versions_table = sa.Table(
-    "atelier_schema_versions",
-    _schema_metadata,
-    sa.Column("component", sa.String(64), primary_key=True),
-    sa.Column("version", sa.Integer, nullable=False),
-)
-
-
-def ensure_schema(engine: Engine, metadata: sa.MetaData, component: str, version: int) -> None:
-    """Create ``metadata``'s tables if missing and record ``component``'s schema version.
-
-    Safe to call from several processes at once. Refuses a database written by a newer schema version.
-    """
-    with write_engine(engine).begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
-        _schema_metadata.create_all(conn)
-        metadata.create_all(conn)
-        stored = conn.execute(
-            sa.select(schema_versions_table.c.version).where(schema_versions_table.c.component == component)
-        ).scalar_one_or_none()
-        if stored is None:
-            conn.execute(schema_versions_table.insert().values(component=component, version=version))
-        elif stored > version:
-            raise AtelierError(
-                f"the database was written by a newer Atelier ({component} schema v{stored}, this version "
-                f"reads up to v{version}); upgrade Atelier or point it at another database",
-                field="url",
-            )
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Jobs.
 
-_metadata = sa.MetaData()
 _nullable_json = sa.JSON(none_as_null=True)
 jobs_table = sa.Table(
     "jobs",
-    _metadata,
+    metadata,
     # Integer key gives a strict insertion order to break ties between jobs created in the same instant.
     sa.Column(
         "seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
@@ -208,11 +74,13 @@ jobs_table = sa.Table(
     sa.Column("started_at", UtcDateTime),
     sa.Column("finished_at", UtcDateTime),
     sa.Column("webhook_url", sa.Text),
-    sa.Index("ix_jobs_queue_order", "state", "priority", "created_at", "seq"),
+    # When the job last entered the queue: a retry waits behind the jobs already queued.
+    sa.Column("queued_at", UtcDateTime, nullable=False),
+    sa.Index("ix_jobs_queue_order", "state", "priority", "queued_at", "seq"),
     sa.Index("ix_jobs_lease", "state", "lease_expires_at"),
     sa.Index("ix_jobs_created", "created_at"),
 )
-_QUEUE_ORDER = (jobs_table.c.priority.desc(), jobs_table.c.created_at.asc(), jobs_table.c.seq.asc())
+_QUEUE_ORDER = (jobs_table.c.priority.desc(), jobs_table.c.queued_at.asc(), jobs_table.c.seq.asc())
 
 
 @dataclass(frozen=True)
@@ -239,6 +107,7 @@ class Job:
     started_at: datetime | None
     finished_at: datetime | None
     webhook_url: str | None
+    queued_at: datetime
 
     @property
     def finished(self) -> bool:
@@ -374,7 +243,7 @@ class SqlJobStore:
         self.engine = engine
         self._write_engine = write_engine(engine)
         self._clock = clock
-        ensure_schema(engine, _metadata, "jobs", JOBS_SCHEMA_VERSION)
+        migrate(engine)
 
     def close(self) -> None:
         """Close the pooled connections (of the shared engine too, if a ledger uses it)."""
@@ -414,6 +283,7 @@ class SqlJobStore:
                 "job_id must be 1 to 64 letters, digits, '-' or '_'",
                 field="job_id",
             )
+        now = self._now()
         statement = (
             jobs_table.insert()
             .values(
@@ -433,10 +303,11 @@ class SqlJobStore:
                 cancel_requested=False,
                 worker_id=None,
                 lease_expires_at=None,
-                created_at=self._now(),
+                created_at=now,
                 started_at=None,
                 finished_at=None,
                 webhook_url=webhook_url,
+                queued_at=now,
             )
             .returning(*jobs_table.c)
         )
@@ -582,9 +453,12 @@ class SqlJobStore:
             jobs_table.c.cancel_requested == sa.false(),
             jobs_table.c.attempts < jobs_table.c.max_attempts,
         )
+        now = sa.literal(self._now(), UtcDateTime)
         values = {
             "state": sa.case((requeue, "queued"), else_="failed"),
-            "finished_at": sa.case((requeue, None), else_=sa.literal(self._now(), UtcDateTime)),
+            "finished_at": sa.case((requeue, None), else_=now),
+            # A retry waits behind the jobs already queued.
+            "queued_at": sa.case((requeue, now), else_=jobs_table.c.queued_at),
             "error": error,
             "worker_id": None,
             "lease_expires_at": None,
@@ -621,7 +495,7 @@ class SqlJobStore:
         with self.engine.connect() as conn:
             job = conn.execute(
                 sa.select(
-                    jobs_table.c.state, jobs_table.c.priority, jobs_table.c.created_at, jobs_table.c.seq
+                    jobs_table.c.state, jobs_table.c.priority, jobs_table.c.queued_at, jobs_table.c.seq
                 ).where(jobs_table.c.id == job_id)
             ).one_or_none()
             if job is None:
@@ -631,8 +505,8 @@ class SqlJobStore:
             same_priority_earlier = sa.and_(
                 jobs_table.c.priority == job.priority,
                 sa.or_(
-                    jobs_table.c.created_at < job.created_at,
-                    sa.and_(jobs_table.c.created_at == job.created_at, jobs_table.c.seq < job.seq),
+                    jobs_table.c.queued_at < job.queued_at,
+                    sa.and_(jobs_table.c.queued_at == job.queued_at, jobs_table.c.seq < job.seq),
                 ),
             )
             ahead = conn.execute(
@@ -683,7 +557,9 @@ class SqlJobStore:
             elif job.attempts >= job.max_attempts:
                 values = {"state": "failed", "finished_at": now, "error": lost}
             else:
-                values = {"state": "queued", "error": lost}
+                # At the back of the queue: a job that was first in line during a crash loop does not meet
+                # every crash first.
+                values = {"state": "queued", "error": lost, "queued_at": now}
             conn.execute(
                 jobs_table.update()
                 .where(jobs_table.c.seq == job.seq, jobs_table.c.state == "running")

@@ -23,16 +23,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from atelier.errors import AtelierError, NotFoundError
-from atelier.service.jobs import UtcDateTime, ensure_schema, open_database, utc_now
+from atelier.service.database import UtcDateTime, metadata, migrate, open_database, utc_now
 
-LEDGER_SCHEMA_VERSION = 1
 LEDGER_STATES = ("processing", "done", "failed")
 MAX_LIST_LIMIT = 1000
 
-_metadata = sa.MetaData()
 processed_objects_table = sa.Table(
     "processed_objects",
-    _metadata,
+    metadata,
     sa.Column("bucket", sa.String(64), primary_key=True),
     # 1024 bytes is S3's key limit; with the other key columns it stays under PostgreSQL's index row limit.
     sa.Column("key", sa.String(1024), primary_key=True),
@@ -90,7 +88,7 @@ class Ledger:
     def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = utc_now) -> None:
         self.engine = engine
         self._clock = clock
-        ensure_schema(engine, _metadata, "ledger", LEDGER_SCHEMA_VERSION)
+        migrate(engine)
 
     def close(self) -> None:
         """Close the pooled connections (of the shared engine too, if a job store uses it)."""

@@ -26,9 +26,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from atelier.errors import AtelierError, NotFoundError, UnsafeFileError
-from atelier.service.jobs import UtcDateTime, ensure_schema, utc_now, write_engine
+from atelier.service.database import UtcDateTime, metadata, migrate, utc_now, write_engine
 
-REGISTRY_SCHEMA_VERSION = 1
 MODEL_KINDS = ("checkpoint", "lora")
 MODEL_SOURCES = ("upload", "training", "demo")
 MODEL_SUFFIX = ".safetensors"
@@ -37,10 +36,9 @@ MAX_METADATA_VALUE = 2000
 # Characters that would break a `<lora:name:w>` tag or a file name on some system.
 _FORBIDDEN_NAME_CHARACTERS = re.compile(r"[<>:\"/\\|?*\x00-\x1f]")
 
-_metadata = sa.MetaData()
 models_table = sa.Table(
     "registered_models",
-    _metadata,
+    metadata,
     sa.Column("kind", sa.String(16), primary_key=True),
     sa.Column("name", sa.String(255), primary_key=True),
     sa.Column("storage_key", sa.String(1024), nullable=False, unique=True),
@@ -218,11 +216,11 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelFileInfo:
 def _lora_metadata(path: Path) -> dict[str, str]:
     from atelier.engine.models import read_safetensors_header
 
-    metadata = read_safetensors_header(path).get("__metadata__") or {}
+    stored = read_safetensors_header(path).get("__metadata__") or {}
     # Tag frequencies and dataset dumps can be megabytes; the listing keeps what fits in a glance.
     return {
         str(key): value
-        for key, value in list(metadata.items())[:MAX_METADATA_KEYS]
+        for key, value in list(stored.items())[:MAX_METADATA_KEYS]
         if isinstance(value, str) and len(value) <= MAX_METADATA_VALUE
     }
 
@@ -234,7 +232,7 @@ class ModelRegistry:
         self.engine = engine
         self._write_engine = write_engine(engine)
         self._clock = clock
-        ensure_schema(engine, _metadata, "registry", REGISTRY_SCHEMA_VERSION)
+        migrate(engine)
 
     def register(
         self,
@@ -404,15 +402,13 @@ class ModelRegistry:
         )
 
 
-_settings_metadata = sa.MetaData()
 settings_table = sa.Table(
     "studio_settings",
-    _settings_metadata,
+    metadata,
     sa.Column("key", sa.String(128), primary_key=True),
     sa.Column("value", sa.JSON, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
 )
-SETTINGS_SCHEMA_VERSION = 1
 
 
 class StudioSettings:
@@ -421,7 +417,7 @@ class StudioSettings:
     def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = utc_now) -> None:
         self.engine = engine
         self._clock = clock
-        ensure_schema(engine, _settings_metadata, "settings", SETTINGS_SCHEMA_VERSION)
+        migrate(engine)
 
     def all(self) -> dict[str, Any]:
         with self.engine.connect() as conn:

@@ -7,7 +7,9 @@ SHA-256, so a leaked database does not leak working keys. A fast hash is enough 
 256 bits of randomness: there is nothing to brute-force, unlike passwords.
 
 Keys are required as soon as one exists, and always when the server listens on a non-loopback address (it
-refuses to start there without one). Clients send a key as ``Authorization: Bearer <key>``, as
+refuses to start there without one). A key is a ``user`` (sees and stops only its own jobs and outputs; uses
+the shared models) or an ``admin`` (everything, including overwriting and deleting models and changing studio
+options). Without keys, the studio on loopback stays single-user and open: its one user is an admin. Clients send a key as ``Authorization: Bearer <key>``, as
 ``X-API-Key: <key>``, or as the password of HTTP basic auth, which is how A1111 clients such as ``webuiapi``
 authenticate (``--api-auth``).
 """
@@ -32,22 +34,23 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from atelier.errors import AtelierError, NotFoundError
-from atelier.service.jobs import UtcDateTime, ensure_schema, utc_now
+from atelier.service.database import UtcDateTime, metadata, migrate, utc_now
 
 KEY_PREFIX = "atk_"
-KEYS_SCHEMA_VERSION = 1
 _KEY_NAME_MAX = 100
+ROLES = ("user", "admin")
 
-_metadata = sa.MetaData()
 api_keys_table = sa.Table(
     "api_keys",
-    _metadata,
+    metadata,
     sa.Column("name", sa.String(_KEY_NAME_MAX), primary_key=True),
     sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
     # The first characters of the key, to tell keys apart in listings without revealing them.
     sa.Column("hint", sa.String(16), nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("revoked_at", UtcDateTime),
+    # Keys made before roles existed could do everything: migration 0002 made them admins.
+    sa.Column("role", sa.String(16), nullable=False, server_default="admin"),
 )
 
 
@@ -60,6 +63,7 @@ class ApiKey:
     hint: str
     created_at: datetime
     revoked_at: datetime | None
+    role: str
 
     @property
     def active(self) -> bool:
@@ -70,6 +74,26 @@ class ApiKey:
         return {
             key: value.isoformat() if isinstance(value, datetime) else value for key, value in out.items()
         }
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who makes a request: the API key's name (None without keys) and its role."""
+
+    name: str | None
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    def may_see(self, owner: str | None) -> bool:
+        """Whether this caller may see or change what ``owner`` made (a job, its outputs)."""
+        return self.is_admin or (owner is not None and owner == self.name)
+
+
+# The single user of a studio without keys (on loopback): it may do everything.
+OPEN_STUDIO = Caller(None, "admin")
 
 
 def hash_key(key: str) -> str:
@@ -83,12 +107,14 @@ class ApiKeyStore:
     def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = utc_now) -> None:
         self.engine = engine
         self._clock = clock
-        ensure_schema(engine, _metadata, "api_keys", KEYS_SCHEMA_VERSION)
+        migrate(engine)
 
-    def create(self, name: str) -> tuple[ApiKey, str]:
+    def create(self, name: str, *, role: str = "user") -> tuple[ApiKey, str]:
         """Create a key named ``name``; return it and the secret, which is not stored and cannot be shown again."""
         if not isinstance(name, str) or not 1 <= len(name.strip()) <= _KEY_NAME_MAX or name != name.strip():
             raise AtelierError(f"key name must be 1 to {_KEY_NAME_MAX} characters of text", field="name")
+        if role not in ROLES:
+            raise AtelierError(f"role must be one of {', '.join(ROLES)}", field="role")
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         values = {
             "name": name,
@@ -96,6 +122,7 @@ class ApiKeyStore:
             "hint": secret[: len(KEY_PREFIX) + 4],
             "created_at": self._clock(),
             "revoked_at": None,
+            "role": role,
         }
         try:
             with self.engine.begin() as conn:
@@ -173,7 +200,7 @@ class AccessPolicy:
         self._lock = threading.Lock()
         self._required_until = 0.0
         self._required = True
-        self._verified: dict[str, tuple[float, str]] = {}
+        self._verified: dict[str, tuple[float, Caller]] = {}
 
     def keys_required(self) -> bool:
         if self.always_required:
@@ -189,26 +216,27 @@ class AccessPolicy:
 
     def allows(self, key: str | None) -> bool:
         """True if a request carrying ``key`` (None: no key) may proceed."""
-        return self.identify(key)[0]
+        return self.identify(key) is not None
 
-    def identify(self, key: str | None) -> tuple[bool, str | None]:
-        """Whether a request carrying ``key`` may proceed, and the name of its key (recorded as job owner)."""
+    def identify(self, key: str | None) -> Caller | None:
+        """Who a request carrying ``key`` is (its name is recorded as job owner), or None if it may not pass."""
         if not key:
-            return not self.keys_required(), None
+            return None if self.keys_required() else OPEN_STUDIO
         digest = hash_key(key)
         now = time.monotonic()
         with self._lock:
             cached = self._verified.get(digest)
             if cached is not None and cached[0] > now:
-                return True, cached[1]
+                return cached[1]
         found = self.keys.verify(key)
         if found is None:
-            return not self.keys_required(), None
+            return None if self.keys_required() else OPEN_STUDIO
+        caller = Caller(found.name, found.role)
         with self._lock:
             if len(self._verified) > 10_000:
                 self._verified.clear()
-            self._verified[digest] = (now + self.cache_seconds, found.name)
-        return True, found.name
+            self._verified[digest] = (now + self.cache_seconds, caller)
+        return caller
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from sqlalchemy.engine import Engine, make_url
 from atelier.errors import AtelierError
 from atelier.service.config import StudioConfig
 from atelier.service.controlnets import CONTROLNET_PREFIX
-from atelier.service.jobs import SqlJobStore, open_database
+from atelier.service.database import open_database
+from atelier.service.jobs import SqlJobStore
 from atelier.service.ledger import Ledger
 from atelier.service.modelfiles import FOLDER_MODEL_MARKER, folder_version, upload_folder
 from atelier.service.registry import ModelRecord, ModelRegistry, StudioSettings, inspect_model

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from atelier.errors import AtelierError
-from atelier.service.jobs import utc_now
+from atelier.service.database import utc_now
 from atelier.service.modelfiles import FOLDER_MODEL_MARKER, TOKENIZER_SUFFIX, folder_version
 from atelier.service.registry import inspect_model, model_name_for_key
 from atelier.service.storage import TEMP_PREFIX, ObjectInfo

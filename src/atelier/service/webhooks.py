@@ -25,26 +25,18 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from atelier import __version__
-from atelier.service.jobs import (
-    FINISHED_STATES,
-    UtcDateTime,
-    ensure_schema,
-    jobs_table,
-    utc_now,
-    write_engine,
-)
+from atelier.service.database import UtcDateTime, metadata, migrate, utc_now, write_engine
+from atelier.service.jobs import FINISHED_STATES, jobs_table
 
 logger = logging.getLogger(__name__)
 
-WEBHOOKS_SCHEMA_VERSION = 1
 DELIVERY_STATES = ("waiting", "delivered", "failed")
 MAX_BACKOFF_SECONDS = 600.0
 RETRIED_STATUSES = frozenset({408, 425, 429})
 
-_metadata = sa.MetaData()
 deliveries_table = sa.Table(
     "webhook_deliveries",
-    _metadata,
+    metadata,
     sa.Column("job_id", sa.String(64), primary_key=True),
     sa.Column("url", sa.Text, nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
@@ -100,7 +92,7 @@ class WebhookDeliveries:
         self.timeout_seconds = timeout_seconds
         self._send = send
         self._clock = clock
-        ensure_schema(engine, _metadata, "webhooks", WEBHOOKS_SCHEMA_VERSION)
+        migrate(engine)
 
     def expect(self, job_id: str, url: str) -> None:
         """Record that ``job_id`` must be announced to ``url`` once it finishes."""

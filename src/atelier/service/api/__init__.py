@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from atelier import __version__
 from atelier.service.api.a1111 import build_a1111_router
 from atelier.service.api.campaign import build_campaign_router
-from atelier.service.api.common import AuthMiddleware, JobWaiter, install_error_handlers
+from atelier.service.api.common import JobWaiter, StudioGate, install_error_handlers
 from atelier.service.api.controlnet import build_controlnet_router
 from atelier.service.api.native import build_native_router
 from atelier.service.metrics import StudioMetrics
@@ -59,7 +59,11 @@ def create_app(
     metrics = StudioMetrics(studio.store, worker_counts=supervisor.counts if supervisor else None)
     app.state.metrics = metrics
     install_error_handlers(app)
-    app.add_middleware(AuthMiddleware, policy=AccessPolicy(studio.keys, always_required=always_require_keys))
+    app.add_middleware(
+        StudioGate,
+        policy=AccessPolicy(studio.keys, always_required=always_require_keys),
+        trusted_hosts=studio.config.trusted_hosts(),
+    )
     # Body limits on the routers rather than the app (uploads raise theirs per route): an app-wide limit would
     # answer from outside AuthMiddleware, in plain text instead of the API's JSON error.
     app.include_router(build_native_router(studio.config), max_body_size=studio.config.max_request_bytes)

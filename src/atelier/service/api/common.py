@@ -15,9 +15,9 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from atelier.errors import AtelierError, NotFoundError, UnsafeFileError
+from atelier.errors import AtelierError, ConflictError, ForbiddenError, NotFoundError, UnsafeFileError
 from atelier.service.jobs import FINISHED_STATES, Job, SqlJobStore, jobs_table, utc_now
-from atelier.service.security import AccessPolicy, key_from_headers
+from atelier.service.security import OPEN_STUDIO, AccessPolicy, Caller, key_from_headers
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,10 @@ def error_body(message: str, field: str | None, error: str) -> dict[str, Any]:
 def status_for(problem: AtelierError) -> int:
     if isinstance(problem, NotFoundError):
         return 404
+    if isinstance(problem, ForbiddenError):
+        return 403
+    if isinstance(problem, ConflictError):
+        return 409
     if isinstance(problem, UnsafeFileError):
         return 400
     return 422
@@ -101,32 +105,64 @@ def install_error_handlers(app: Any) -> None:
         )
 
 
+def request_caller(request: Request) -> Caller:
+    """Who made the request (set by :class:`StudioGate`)."""
+    return getattr(request.state, "caller", None) or OPEN_STUDIO
+
+
 def request_owner(request: Request) -> str | None:
     """The name of the API key the request came with (None without keys): recorded as the job's owner."""
-    return getattr(request.state, "api_key_name", None)
+    return request_caller(request).name
 
 
-class AuthMiddleware:
-    """Pure ASGI middleware requiring an API key (when the policy asks for one) on every non-public path.
+def require_admin(request: Request, action: str) -> None:
+    """Refuse ``action`` (403) unless the caller's key is an admin key."""
+    if not request_caller(request).is_admin:
+        raise ForbiddenError(
+            f"{action} needs an admin key (atelier keys create NAME --admin)", field="authorization"
+        )
+
+
+# Requests that change state, refused when a browser says they come from another site.
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class StudioGate:
+    """Pure ASGI middleware, the one door every request passes: Host names, cross-site requests, API keys.
+
+    - **Host.** A studio on loopback answers only to loopback names, so a web page whose DNS name is rebound to
+      127.0.0.1 cannot read it. More names: ``allowed_hosts``.
+    - **Cross-site requests.** A browser tells the server where a request comes from (``Sec-Fetch-Site``,
+      ``Origin``). A state-changing request from another site (a page's form or fetch) is refused; A1111
+      clients and scripts send neither header and are unaffected, and the studio's own page is same-origin.
+    - **API keys** (when the policy asks for one) on every non-public path; the caller's name and role are
+      handed to the routes as ``request.state.caller``.
 
     Written at the ASGI level so it covers streaming responses and uploads before any body is read.
     """
 
-    def __init__(self, app: ASGIApp, *, policy: AccessPolicy) -> None:
+    def __init__(self, app: ASGIApp, *, policy: AccessPolicy, trusted_hosts: frozenset[str] | None) -> None:
         self.app = app
         self.policy = policy
+        self.trusted_hosts = trusted_hosts
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope.get("path", "") in PUBLIC_PATHS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = {
             key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope.get("headers", [])
         }
-        allowed, key_name = await run_in_threadpool(self.policy.identify, key_from_headers(headers))
-        if allowed:
-            # Routes read it as request.state.api_key_name: the owner recorded on the jobs they submit.
-            scope.setdefault("state", {})["api_key_name"] = key_name
+        refusal = self._refusal(scope, headers)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        if scope.get("path", "") in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        caller = await run_in_threadpool(self.policy.identify, key_from_headers(headers))
+        if caller is not None:
+            scope.setdefault("state", {})["caller"] = caller
             await self.app(scope, receive, _with_json_413(send))
             return
         body = error_body(
@@ -136,6 +172,47 @@ class AuthMiddleware:
         )
         response = JSONResponse(body, status_code=401, headers={"WWW-Authenticate": 'Basic realm="atelier"'})
         await response(scope, receive, send)
+
+    def _refusal(self, scope: Scope, headers: dict[str, str]) -> JSONResponse | None:
+        host = _host_name(headers.get("host", ""))
+        if self.trusted_hosts is not None and host not in self.trusted_hosts:
+            return JSONResponse(
+                error_body(
+                    "this studio does not answer to that host name; add it with --allowed-host (or "
+                    "ATELIER_ALLOWED_HOSTS)",
+                    "host",
+                    "UntrustedHost",
+                ),
+                status_code=400,
+            )
+        if scope.get("method", "GET") in _SAFE_METHODS:
+            return None
+        fetch_site = headers.get("sec-fetch-site", "").lower()
+        origin = headers.get("origin")
+        cross_site = fetch_site in ("cross-site", "same-site")
+        if origin is not None and not cross_site:
+            cross_site = origin == "null" or _origin_host(origin) != headers.get("host", "").lower()
+        if cross_site:
+            return JSONResponse(
+                error_body(
+                    "cross-site requests may not change anything in this studio", "origin", "CrossSiteRequest"
+                ),
+                status_code=403,
+            )
+        return None
+
+
+def _host_name(host_header: str) -> str:
+    """The name in a Host header, without port or IPv6 brackets, lower-cased."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _origin_host(origin: str) -> str:
+    """``host[:port]`` of an Origin header (``scheme://host[:port]``)."""
+    return origin.strip().lower().partition("://")[2].rstrip("/")
 
 
 def _with_json_413(send: Any) -> Any:
