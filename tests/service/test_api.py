@@ -214,7 +214,10 @@ def test_a_zip_uploaded_with_start_false_is_not_trained_by_the_watcher(served):
 
     server, client = served
     buffer = io.BytesIO()
+    image = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(image, format="PNG")
     with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("a.png", image.getvalue())  # a zip without images is refused at the door
         archive.writestr("a.txt", "oue car")
     response = client.put("/api/training-data/held.zip?start=false", content=buffer.getvalue())
     assert response.status_code == 201 and response.json()["job"] is None

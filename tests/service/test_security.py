@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from atelier.cli import main
-from atelier.errors import AtelierError, NotFoundError, UnsafeFileError
+from atelier.errors import AtelierError, ConflictError, NotFoundError, UnsafeFileError
 from atelier.service.config import StudioConfig, is_loopback_host
 from atelier.service.jobs import open_database
 from atelier.service.registry import (
@@ -88,10 +88,19 @@ def test_registry_lookups_and_name_conflicts(database_url):
         registry.register(
             name="shoes", storage_key="models/other/shoes.safetensors", info=_info(), version="v1"
         )
+    # One name, one model: a LoRA may not take a checkpoint's name (it made "<lora:shoes>" and the checkpoint
+    # "shoes" ambiguous, and training wrote it over the checkpoint's file).
+    with pytest.raises(ConflictError, match="names are unique across checkpoints and LoRAs"):
+        registry.register(
+            name="shoes", storage_key="models/loras/shoes.safetensors", info=_info("lora"), version="v1"
+        )
     registry.register(
-        name="shoes", storage_key="models/loras/shoes.safetensors", info=_info("lora"), version="v1"
+        name="shoes-style",
+        storage_key="models/loras/shoes-style.safetensors",
+        info=_info("lora"),
+        version="v1",
     )
-    assert registry.get("shoes", "lora").storage_key == "models/loras/shoes.safetensors"
+    assert registry.get("shoes-style", "lora").storage_key == "models/loras/shoes-style.safetensors"
     kept = registry.register(
         name="demo", storage_key="models/demo", info=_info(sha="d" * 64), version="v2", keep_source=True
     )

@@ -150,7 +150,13 @@ class JobStore(Protocol):
     def get(self, job_id: str) -> Job: ...
 
     def list(
-        self, *, state: str | None = None, kind: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        state: str | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        owner: str | None = None,
     ) -> list[Job]: ...
 
     def claim(
@@ -327,10 +333,18 @@ class SqlJobStore:
         return _job_from_row(row)
 
     def list(
-        self, *, state: str | None = None, kind: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        state: str | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        owner: str | None = None,
     ) -> list[Job]:
-        """Jobs, newest first, optionally only those in one state or of one kind."""
+        """Jobs, newest first, optionally only those in one state, of one kind, or of one owner."""
         query = sa.select(jobs_table)
+        if owner is not None:
+            query = query.where(jobs_table.c.owner == owner)
         if state is not None:
             query = query.where(jobs_table.c.state == _check_choice(state, JOB_STATES, "state"))
         if kind is not None:

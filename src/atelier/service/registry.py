@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from atelier.errors import AtelierError, NotFoundError, UnsafeFileError
+from atelier.errors import AtelierError, ConflictError, NotFoundError, UnsafeFileError
 from atelier.service.database import UtcDateTime, metadata, migrate, utc_now, write_engine
 
 MODEL_KINDS = ("checkpoint", "lora")
@@ -276,6 +276,22 @@ class ModelRegistry:
         }
         try:
             with self._write_engine.begin() as conn:
+                # One name, one model: a LoRA named like a checkpoint would make "windbreaker" ambiguous, and
+                # writing it to the checkpoint's file would lose the checkpoint.
+                other_kind = conn.execute(
+                    sa.select(models_table.c.kind, models_table.c.storage_key).where(
+                        models_table.c.name == name,
+                        models_table.c.kind != info.kind,
+                        # The same file, replaced in the bucket by a model of the other kind, is re-registered.
+                        models_table.c.storage_key != storage_key,
+                    )
+                ).first()
+                if other_kind is not None:
+                    raise ConflictError(
+                        f"a {other_kind.kind} named {name!r} already exists ({other_kind.storage_key}); names "
+                        "are unique across checkpoints and LoRAs: rename the file",
+                        field=what,
+                    )
                 existing = conn.execute(
                     sa.select(models_table).where(models_table.c.storage_key == storage_key)
                 ).one_or_none()
@@ -294,13 +310,19 @@ class ModelRegistry:
         except IntegrityError:
             holder = self._find(info.kind, name)
             where = holder.storage_key if holder else "another file"
-            raise AtelierError(
+            raise ConflictError(
                 f"a {info.kind} named {name!r} is already registered from {where}; rename the file",
                 field=what,
             ) from None
         record = self.by_key(storage_key)
         assert record is not None
         return record
+
+    def holder(self, name: str) -> ModelRecord | None:
+        """The model of any kind registered under ``name``: names are unique across checkpoints and LoRAs."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(models_table).where(models_table.c.name == name).limit(1)).first()
+        return None if row is None else _record(row)
 
     def _find(self, kind: str, name: str) -> ModelRecord | None:
         with self.engine.connect() as conn:

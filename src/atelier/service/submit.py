@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import io
 import random
+import tempfile
 import uuid
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from PIL import Image
 
-from atelier.errors import AtelierError
-from atelier.files import parse_toml
+from atelier.errors import AtelierError, UnsafeFileError
+from atelier.files import TEMP_PREFIX, parse_toml
 from atelier.service.jobs import Job
 from atelier.service.registry import ModelRecord
 from atelier.service.security import check_pixels
@@ -256,6 +259,94 @@ def check_train_config(
     return base_record, preset
 
 
+def check_training_archive(path: Path, name: str, config: Mapping[str, Any]) -> None:
+    """Refuse, at the door, a training zip that a worker would refuse hours later.
+
+    The archive is read through as extraction would read it (escaping paths, links, bombs, too many entries,
+    CRC errors: ``training.archive.check_zip``); it must hold at least one image; a ``dataset_config`` must
+    name a file inside it, and a ``dataset.toml`` (named or found) must be valid TOML.
+    """
+    from atelier.training.archive import check_zip
+    from atelier.training.dataset_config import IMAGE_EXTENSIONS
+
+    files = check_zip(path)
+    if not any(PurePosixPath(file).suffix.lower() in IMAGE_EXTENSIONS for file in files):
+        raise AtelierError(
+            f"{name} holds no images ({', '.join(IMAGE_EXTENSIONS)}); put the training photos in the zip",
+            field="training_data",
+        )
+    dataset_config = config.get("dataset_config")
+    if dataset_config is not None:
+        wanted = _inside_archive(dataset_config, name)
+        if wanted not in files:
+            raise AtelierError(
+                f"dataset_config {dataset_config!r} is not a file in {name}", field="dataset_config"
+            )
+    elif "dataset.toml" in files:
+        wanted = "dataset.toml"
+    else:
+        return
+    with zipfile.ZipFile(path) as archive:
+        parse_toml(archive.read(wanted), name=f"{name}/{wanted}", field="dataset_config")
+
+
+def _inside_archive(value: object, archive_name: str) -> str:
+    """A dataset_config value as a path inside the archive; refused when it could point anywhere else."""
+    if not isinstance(value, str) or not value.strip():
+        raise AtelierError(
+            "dataset_config must be a file name inside the training zip", field="dataset_config"
+        )
+    path = PurePosixPath(value.strip().replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts or ":" in value:
+        raise UnsafeFileError(
+            f"dataset_config {value!r} must be a path inside {archive_name}, such as 'dataset.toml'",
+            field="dataset_config",
+        )
+    return path.as_posix()
+
+
+@contextmanager
+def _local_copy(studio: Studio, key: str) -> Iterator[Path]:
+    """The stored object as a local file: in place on local storage, else a temporary download."""
+    local = studio.storage.local_path(key)
+    if local is not None:
+        yield local
+        return
+    folder = studio.config.cache_dir / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=TEMP_PREFIX) as scratch:
+        yield studio.storage.get_file(key, Path(scratch) / PurePosixPath(key).name)
+
+
+def training_output_name(studio: Studio, wanted: str, training_data: str) -> str:
+    """The name the trained LoRA gets: ``wanted`` unless another model holds it, then ``wanted-2``, ...
+
+    A run may replace only the LoRA an earlier run trained from the same zip (retraining); never a checkpoint
+    (training ``windbreaker.zip`` next to the ``windbreaker`` checkpoint is what people do), an uploaded LoRA,
+    or a file of that name that is not registered. The name is chosen at submission, so the UI shows it.
+    """
+    from atelier.service.registry import check_model_name
+
+    check_model_name(wanted, what="output_name")
+
+    def free(name: str) -> bool:
+        holder = studio.registry.holder(name)
+        if holder is not None:
+            return (
+                holder.kind == "lora"
+                and holder.source == "training"
+                and holder.details.get("training_data") == training_data
+                and holder.storage_key == f"models/{name}.safetensors"
+            )
+        return not studio.storage.exists(f"models/{name}.safetensors")
+
+    candidate, number = wanted, 1
+    while not free(candidate):
+        number += 1
+        candidate = f"{wanted}-{number}"
+    return candidate
+
+
 def submit_training(
     studio: Studio,
     training_data: str,
@@ -267,8 +358,12 @@ def submit_training(
     priority: int = -1,
     owner: str | None = None,
     webhook_url: str | None = None,
+    archive_checked: bool = False,
 ) -> Job:
-    """Queue a LoRA training job for a zip in the training-data bucket (checked first)."""
+    """Queue a LoRA training job for a zip in the training-data bucket (checked first).
+
+    ``archive_checked``: the caller already ran :func:`check_training_archive` on these bytes (an upload).
+    """
     if not training_data.startswith("training-data/") or not training_data.lower().endswith(".zip"):
         raise AtelierError("training_data must be a .zip in the training-data bucket", field="training_data")
     if not studio.storage.exists(training_data):
@@ -277,12 +372,17 @@ def submit_training(
     if preset is not None:
         settings.setdefault("preset", preset)
     base_record, preset = check_train_config(studio, settings, base=base)
+    zip_name = PurePosixPath(training_data).name
+    if not archive_checked:
+        with _local_copy(studio, training_data) as local:
+            check_training_archive(local, zip_name, settings)
+    wanted = settings.get("output_name") or zip_name.removesuffix(".zip")
     payload = {
         "training_data": training_data,
         "config": settings,
         "config_key": config_key,
         "base": base_record.name,
         "preset": preset,
-        "output_name": settings.get("output_name") or PurePosixPath(training_data).name.removesuffix(".zip"),
+        "output_name": training_output_name(studio, wanted, training_data),
     }
     return _submit(studio, "train", payload, uuid.uuid4().hex, priority, owner, webhook_url)

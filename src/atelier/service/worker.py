@@ -40,7 +40,7 @@ from atelier.service.jobs import JOB_KINDS, Job, SqlJobStore, jobs_table
 from atelier.service.modelfiles import ModelFiles
 from atelier.service.registry import ModelRecord, check_model_name, inspect_model
 from atelier.service.studio import Studio
-from atelier.service.submit import TRAIN_CONFIG_KEYS_OWNED_BY_STUDIO, training_preset
+from atelier.service.submit import TRAIN_CONFIG_KEYS_OWNED_BY_STUDIO, training_output_name, training_preset
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +190,7 @@ class Worker:
         kinds: Iterable[str] = JOB_KINDS,
         parent_pid: int | None = None,
     ) -> None:
+        self.studio = studio
         self.config = studio.config
         self.store = studio.store
         self.storage = studio.storage
@@ -480,8 +481,11 @@ class Worker:
         base = self.registry.find_checkpoint(payload["base"], field="base")
         preset = payload.get("preset") or training_preset(base)
         zip_name = PurePosixPath(zip_key).name
-        overrides = {} if "output_name" in settings else {"output_name": zip_name.removesuffix(".zip")}
-        train_config = load_train_config(settings, preset=preset, overrides=overrides)
+        # The LoRA's name was chosen when the job was queued, free of other models' names (submit.py).
+        output_name = (
+            payload.get("output_name") or settings.get("output_name") or zip_name.removesuffix(".zip")
+        )
+        train_config = load_train_config(settings, preset=preset, overrides={"output_name": output_name})
         output_name = check_model_name(train_config.output_name, what="output_name")
 
         workdir = self.train_dir(job)
@@ -556,10 +560,14 @@ class Worker:
     def _publish_lora(
         self, job: Job, output_file: Path, name: str, base: ModelRecord, zip_key: str
     ) -> ModelRecord:
-        """Store the trained LoRA in the models bucket and register it, claiming its ledger entry first."""
+        """Store the trained LoRA in the models bucket and register it, claiming its ledger entry first.
+
+        Never over another model: if its name was taken while the job ran, the next free one is used.
+        """
         info = inspect_model(output_file)
         if info.kind != "lora":
             raise AtelierError(f"training wrote {output_file.name}, which is not a LoRA", field="output_name")
+        name = training_output_name(self.studio, name, zip_key)
         key = f"models/{name}.safetensors"
         self.storage.put_file(key, output_file)
         stored = next((item for item in self.storage.list(key) if item.key == key), None)

@@ -18,6 +18,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from atelier.errors import AtelierError, UnsafeFileError
 
@@ -61,16 +62,7 @@ def extract_zip(
             f"cannot extract {source.name}: {dest} already exists and is not empty", field="dest_dir"
         )
 
-    try:
-        archive = zipfile.ZipFile(source)
-    except FileNotFoundError as exc:
-        raise AtelierError(f"archive not found: {source}", field="zip_path") from exc
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as exc:
-        raise AtelierError(f"{source.name} is not a valid zip archive ({exc})", field="zip_path") from exc
-    except OSError as exc:
-        raise AtelierError(f"cannot read {source}: {exc.strerror or exc}", field="zip_path") from exc
-
-    with archive:
+    with _open_archive(source) as archive:
         entries = _checked_entries(archive, source.name, max_total_bytes, max_files, max_ratio)
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
@@ -83,6 +75,39 @@ def extract_zip(
             shutil.rmtree(staging, ignore_errors=True)
             raise
     return dest
+
+
+def check_zip(
+    zip_path: str | os.PathLike[str],
+    *,
+    max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
+    max_files: int = DEFAULT_MAX_FILES,
+    max_ratio: float = DEFAULT_MAX_RATIO,
+) -> list[str]:
+    """Check an archive exactly as :func:`extract_zip` would, writing nothing; return its files' paths.
+
+    Every entry is read through (so a CRC error or a header that lies about sizes is found now, when the
+    archive arrives, rather than in a worker later). Ignored entries (``__MACOSX/``, dotfiles) are left out.
+    """
+    source = Path(zip_path)
+    with _open_archive(source) as archive:
+        entries = _checked_entries(archive, source.name, max_total_bytes, max_files, max_ratio)
+        total = 0
+        for entry in entries:
+            if not entry.is_dir:
+                total = _stream_entry(archive, entry, None, source.name, total, max_total_bytes)
+    return ["/".join(entry.parts) for entry in entries if not entry.is_dir]
+
+
+def _open_archive(source: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(source)
+    except FileNotFoundError as exc:
+        raise AtelierError(f"archive not found: {source.name}", field="zip_path") from exc
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as exc:
+        raise AtelierError(f"{source.name} is not a valid zip archive ({exc})", field="zip_path") from exc
+    except OSError as exc:
+        raise AtelierError(f"cannot read {source.name}: {exc.strerror or exc}", field="zip_path") from exc
 
 
 def _checked_entries(
@@ -173,6 +198,41 @@ def _is_ignored(parts: tuple[str, ...]) -> bool:
     return not parts or parts[0] == "__MACOSX" or any(part.startswith(".") for part in parts)
 
 
+def _stream_entry(
+    archive: zipfile.ZipFile, entry: _Entry, out: Any, archive_name: str, total: int, max_total_bytes: int
+) -> int:
+    """Read one entry through (into ``out`` unless None), counting bytes: headers can lie. The new total."""
+    written = 0
+    try:
+        with archive.open(entry.info) as source:
+            while chunk := source.read(_CHUNK_BYTES):
+                written += len(chunk)
+                total += len(chunk)
+                if written > entry.info.file_size:
+                    raise UnsafeFileError(
+                        f"{archive_name}: entry {entry.info.filename!r} holds more data than its header declares",
+                        field="zip_path",
+                    )
+                if total > max_total_bytes:
+                    raise UnsafeFileError(
+                        f"{archive_name} expands to more than {max_total_bytes} bytes "
+                        f"(at entry {entry.info.filename!r})",
+                        field="zip_path",
+                    )
+                if out is not None:
+                    out.write(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise AtelierError(
+            f"{archive_name}: entry {entry.info.filename!r} is corrupt ({exc})", field="zip_path"
+        ) from exc
+    except NotImplementedError as exc:
+        raise AtelierError(
+            f"{archive_name}: entry {entry.info.filename!r} uses an unsupported compression method ({exc})",
+            field="zip_path",
+        ) from exc
+    return total
+
+
 def _write_entries(
     archive: zipfile.ZipFile, entries: list[_Entry], staging: Path, archive_name: str, max_total_bytes: int
 ) -> None:
@@ -183,33 +243,11 @@ def _write_entries(
             _make_dirs(target, entry, archive_name)
             continue
         _make_dirs(target.parent, entry, archive_name)
-        written = 0
         try:
-            with archive.open(entry.info) as source, open(target, "xb") as out:
-                while chunk := source.read(_CHUNK_BYTES):
-                    written += len(chunk)
-                    written_total += len(chunk)
-                    if written > entry.info.file_size:
-                        raise UnsafeFileError(
-                            f"{archive_name}: entry {entry.info.filename!r} holds more data than its header declares",
-                            field="zip_path",
-                        )
-                    if written_total > max_total_bytes:
-                        raise UnsafeFileError(
-                            f"{archive_name} expands to more than {max_total_bytes} bytes "
-                            f"(at entry {entry.info.filename!r})",
-                            field="zip_path",
-                        )
-                    out.write(chunk)
-        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-            raise AtelierError(
-                f"{archive_name}: entry {entry.info.filename!r} is corrupt ({exc})", field="zip_path"
-            ) from exc
-        except NotImplementedError as exc:
-            raise AtelierError(
-                f"{archive_name}: entry {entry.info.filename!r} uses an unsupported compression method ({exc})",
-                field="zip_path",
-            ) from exc
+            with open(target, "xb") as out:
+                written_total = _stream_entry(
+                    archive, entry, out, archive_name, written_total, max_total_bytes
+                )
         except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
             raise AtelierError(
                 f"{archive_name}: entry {entry.info.filename!r} clashes with another entry of the same path",

@@ -25,7 +25,8 @@ from starlette.concurrency import run_in_threadpool
 
 from atelier import __version__
 from atelier.errors import AtelierError, NotFoundError
-from atelier.service.api.common import request_owner
+from atelier.service.api.common import request_caller, request_owner, require_admin
+from atelier.service.config import is_loopback_host
 from atelier.service.jobs import Job
 from atelier.service.registry import ModelRecord
 from atelier.service.security import decode_image
@@ -489,7 +490,8 @@ def build_a1111_router() -> APIRouter:
         return {**options, "sd_model_checkpoint": current.title, "sd_checkpoint_hash": current.sha256}
 
     @router.post("/options")
-    def set_options(values: dict[str, Any], studio: StudioDep) -> None:
+    def set_options(values: dict[str, Any], request: Request, studio: StudioDep) -> None:
+        require_admin(request, "changing studio options")
         updates = dict(values)
         if "sd_model_checkpoint" in updates:
             name = updates["sd_model_checkpoint"]
@@ -510,9 +512,15 @@ def build_a1111_router() -> APIRouter:
         studio.settings.update(updates)
 
     @router.get("/progress")
-    def progress(studio: StudioDep, skip_current_image: bool = False) -> dict[str, Any]:
+    def progress(request: Request, studio: StudioDep, skip_current_image: bool = False) -> dict[str, Any]:
+        caller = request_caller(request)
         counts = studio.store.counts()
-        running = [job for job in studio.store.list(state="running", kind="generate", limit=100)]
+        # A user key follows its own generation, as A1111's single user does; an admin sees the oldest running.
+        running = [
+            job
+            for job in studio.store.list(state="running", kind="generate", limit=100)
+            if caller.may_see(job.owner)
+        ]
         state = {
             "skipped": False,
             "interrupted": False,
@@ -552,14 +560,17 @@ def build_a1111_router() -> APIRouter:
         }
 
     @router.post("/interrupt")
-    def interrupt(studio: StudioDep) -> dict[str, Any]:
+    def interrupt(request: Request, studio: StudioDep) -> dict[str, Any]:
+        # The caller's own running generations (an admin's: all), never another person's.
+        caller = request_caller(request)
         for job in studio.store.list(state="running", kind="generate", limit=1000):
-            studio.store.cancel(job.id)
+            if caller.may_see(job.owner):
+                studio.store.cancel(job.id)
         return {}
 
     @router.post("/skip")
-    def skip(studio: StudioDep) -> dict[str, Any]:
-        return interrupt(studio)
+    def skip(request: Request, studio: StudioDep) -> dict[str, Any]:
+        return interrupt(request, studio)
 
     @router.post("/png-info")
     def png_info(body: PngInfoRequest, studio: StudioDep) -> dict[str, Any]:
@@ -586,13 +597,9 @@ def build_a1111_router() -> APIRouter:
 
     @router.get("/cmd-flags")
     def cmd_flags(request: Request) -> dict[str, Any]:
+        # A1111's flags that describe this server; no paths of the server's disk.
         config = request.app.state.studio.config
-        return {
-            "api": True,
-            "listen": config.host != "127.0.0.1",
-            "port": config.port,
-            "data_dir": str(config.data_dir),
-        }
+        return {"api": True, "listen": not is_loopback_host(config.host), "port": config.port}
 
     return router
 

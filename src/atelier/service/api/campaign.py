@@ -15,19 +15,21 @@ Files can only come from the outputs bucket or from the request itself, never fr
 
 from __future__ import annotations
 
+import json
 import tempfile
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Request
 
 from atelier.campaign.ad import AdResult, compose_ad, parse_ad_spec
 from atelier.campaign.templates import builtin_template_names
 from atelier.campaign.text import bundled_font_names
-from atelier.errors import AtelierError
+from atelier.errors import AtelierError, NotFoundError
+from atelier.service.api.common import check_output_access, request_caller
 from atelier.service.api.native import StudioDep
-from atelier.service.security import decode_image
+from atelier.service.security import OPEN_STUDIO, Caller, decode_image
 from atelier.service.storage import check_key
 from atelier.service.studio import Studio
 
@@ -49,7 +51,7 @@ def _outputs_key(entry: str) -> str | None:
     return None
 
 
-def _fetch_image(studio: Studio, entry: Any, field: str, path: Path) -> tuple[str, Path]:
+def _fetch_image(studio: Studio, entry: Any, field: str, path: Path, caller: Caller) -> tuple[str, Path]:
     """Copy the image ``entry`` names to ``path`` (suffix kept); return its name for the metadata, and the file."""
     if not isinstance(entry, str) or not entry.strip():
         raise AtelierError(f"{field} must be an outputs/ key or a base64 image", field=field)
@@ -59,6 +61,10 @@ def _fetch_image(studio: Studio, entry: Any, field: str, path: Path) -> tuple[st
             check_key(key)
         except AtelierError as problem:
             raise type(problem)(f"{field}: {problem}", field=field) from None
+        try:
+            check_output_access(studio, caller, key)
+        except NotFoundError:
+            raise AtelierError(f"{field}: no image {key!r} in the outputs bucket", field=field) from None
         if not studio.storage.exists(key):
             raise AtelierError(f"{field}: no image {key!r} in the outputs bucket", field=field)
         local = path.with_suffix(Path(key).suffix.lower() or ".png")
@@ -76,7 +82,9 @@ def _fetch_image(studio: Studio, entry: Any, field: str, path: Path) -> tuple[st
     return f"upload:{field}", local
 
 
-def _local_spec(studio: Studio, data: dict[str, Any], folder: Path) -> tuple[dict[str, Any], dict[str, Path]]:
+def _local_spec(
+    studio: Studio, data: dict[str, Any], folder: Path, caller: Caller
+) -> tuple[dict[str, Any], dict[str, Path]]:
     """``data`` ready for :func:`parse_ad_spec` with ``folder`` as its base, and where each material now is.
 
     Materials keep their keys (``upload:materials[N]`` for uploads) so each PNG's metadata names its
@@ -99,12 +107,14 @@ def _local_spec(studio: Studio, data: dict[str, Any], folder: Path) -> tuple[dic
     if isinstance(materials, list) and materials:
         names = []
         for index, entry in enumerate(materials):
-            name, path = _fetch_image(studio, entry, f"materials[{index}]", folder / f"material-{index}")
+            name, path = _fetch_image(
+                studio, entry, f"materials[{index}]", folder / f"material-{index}", caller
+            )
             names.append(name)
             files[name] = path
         spec["materials"] = names
     if spec.get("logo") is not None:
-        spec["logo"] = _fetch_image(studio, spec["logo"], "logo", folder / "logo")[1].name
+        spec["logo"] = _fetch_image(studio, spec["logo"], "logo", folder / "logo", caller)[1].name
     return spec, files
 
 
@@ -140,7 +150,7 @@ def _file_entries(result: AdResult, folder_key: str) -> list[dict[str, Any]]:
     return entries
 
 
-def compose_stored_ad(studio: Studio, data: dict[str, Any]) -> dict[str, Any]:
+def compose_stored_ad(studio: Studio, data: dict[str, Any], caller: Caller = OPEN_STUDIO) -> dict[str, Any]:
     """Compose the ad ``data`` describes and store its files under ``outputs/ads/<id>/``; the API's answer."""
     if not isinstance(data, dict):
         raise AtelierError("the request body must be a JSON object (an ad spec)", field="body")
@@ -151,11 +161,14 @@ def compose_stored_ad(studio: Studio, data: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(dir=work_root) as work:
         inputs, rendered = Path(work) / "inputs", Path(work) / "ad"
         inputs.mkdir()
-        local_data, material_files = _local_spec(studio, data, inputs)
+        local_data, material_files = _local_spec(studio, data, inputs, caller)
         spec = parse_ad_spec(local_data, inputs)
         result = compose_ad(spec, rendered, resolve_material=material_files.__getitem__)
         for path in result.paths:
             studio.storage.put_file(f"{folder_key}/{path.name}", path)
+        # Who made it: only they (and admins) may download it (api/common.output_owner reads this).
+        record = {"owner": caller.name, "template": result.template}
+        studio.storage.put_bytes(f"{folder_key}/ad.json", json.dumps(record).encode("utf-8"))
     return {
         "id": ad_id,
         "folder": folder_key,
@@ -171,6 +184,7 @@ def build_campaign_router() -> APIRouter:
 
     @router.post("/ads", status_code=201, summary="Compose an ad: a PNG per channel, a GIF (and an MP4)")
     def compose(
+        request: Request,
         studio: StudioDep,
         spec: Annotated[
             dict[str, Any],
@@ -179,6 +193,6 @@ def build_campaign_router() -> APIRouter:
             ),
         ],
     ) -> dict[str, Any]:
-        return compose_stored_ad(studio, spec)
+        return compose_stored_ad(studio, spec, request_caller(request))
 
     return router

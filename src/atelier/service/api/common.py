@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -121,6 +122,42 @@ def require_admin(request: Request, action: str) -> None:
         raise ForbiddenError(
             f"{action} needs an admin key (atelier keys create NAME --admin)", field="authorization"
         )
+
+
+def visible_job(store: SqlJobStore, caller: Caller, job_id: str) -> Job:
+    """The job, if the caller may see it (its own, or any for an admin); 404 as for a job that does not exist,
+    so that ids of other people's jobs cannot be probed."""
+    job = store.get(job_id)
+    if not caller.may_see(job.owner):
+        raise NotFoundError(f"job {job_id!r} not found", field="job_id")
+    return job
+
+
+def output_owner(studio: Any, key: str) -> str | None:
+    """Who made an object of the outputs bucket: ``outputs/<job id>/...`` the job's owner, ``outputs/ads/<id>/``
+    the owner recorded in the ad's ``ad.json``. :class:`NotFoundError` for anything else."""
+    parts = key.split("/")
+    if len(parts) < 3 or parts[0] != "outputs":
+        raise NotFoundError(f"storage object {key!r} not found", field="key")
+    if parts[1] == "ads":
+        try:
+            record = json.loads(studio.storage.get_bytes(f"outputs/ads/{parts[2]}/ad.json"))
+        except (AtelierError, ValueError):
+            raise NotFoundError(f"storage object {key!r} not found", field="key") from None
+        return record.get("owner") if isinstance(record, dict) else None
+    return studio.store.get(parts[1]).owner
+
+
+def check_output_access(studio: Any, caller: Caller, key: str) -> None:
+    """404 unless the caller may read ``key`` of the outputs bucket (its own outputs, or any for an admin)."""
+    if caller.is_admin:
+        return
+    try:
+        owner = output_owner(studio, key)
+    except NotFoundError:
+        raise NotFoundError(f"storage object {key!r} not found", field="key") from None
+    if not caller.may_see(owner):
+        raise NotFoundError(f"storage object {key!r} not found", field="key")
 
 
 # Requests that change state, refused when a browser says they come from another site.

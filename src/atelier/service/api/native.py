@@ -20,8 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from atelier import __version__
-from atelier.errors import AtelierError, NotFoundError, UnsafeFileError
-from atelier.service.api.common import request_owner
+from atelier.errors import AtelierError, ConflictError, NotFoundError, UnsafeFileError
+from atelier.service.api.common import (
+    check_output_access,
+    request_caller,
+    request_owner,
+    require_admin,
+    visible_job,
+)
 from atelier.service.config import StudioConfig
 from atelier.service.controlnets import parse_units
 from atelier.service.events import job_events, job_progress
@@ -32,6 +38,7 @@ from atelier.service.storage import TEMP_PREFIX, Storage
 from atelier.service.studio import Studio
 from atelier.service.submit import (
     check_train_config,
+    check_training_archive,
     prepare_generation,
     read_train_config,
     submit_generation,
@@ -242,30 +249,39 @@ def build_native_router(config: StudioConfig) -> APIRouter:
         )
         return job_view(studio, job)
 
-    @router.get("/jobs", summary="List jobs, newest first")
+    @router.get("/whoami", summary="The caller's key name and role (user or admin)")
+    def whoami(request: Request, studio: StudioDep) -> dict[str, Any]:
+        caller = request_caller(request)
+        return {"name": caller.name, "role": caller.role, "keys_required": studio.keys.any_active()}
+
+    @router.get("/jobs", summary="List jobs, newest first (a user key sees its own)")
     def list_jobs(
+        request: Request,
         studio: StudioDep,
         state: str | None = None,
         kind: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> dict[str, Any]:
-        jobs = studio.store.list(state=state, kind=kind, limit=limit, offset=offset)
+        caller = request_caller(request)
+        owner = None if caller.is_admin else (caller.name or "")
+        jobs = studio.store.list(state=state, kind=kind, limit=limit, offset=offset, owner=owner)
         return {"jobs": [job_view(studio, job) for job in jobs]}
 
     @router.get("/jobs/{job_id}", summary="One job: state, progress, queue position, result")
-    def get_job(job_id: str, studio: StudioDep) -> dict[str, Any]:
-        return job_view(studio, studio.store.get(job_id))
+    def get_job(job_id: str, request: Request, studio: StudioDep) -> dict[str, Any]:
+        return job_view(studio, visible_job(studio.store, request_caller(request), job_id))
 
     @router.post(
         "/jobs/{job_id}/cancel", summary="Cancel a queued job, or stop a running one at its next step"
     )
-    def cancel_job(job_id: str, studio: StudioDep) -> dict[str, Any]:
+    def cancel_job(job_id: str, request: Request, studio: StudioDep) -> dict[str, Any]:
+        visible_job(studio.store, request_caller(request), job_id)
         return job_view(studio, studio.store.cancel(job_id))
 
     @router.get("/jobs/{job_id}/events", summary="Live progress as server-sent events")
     async def job_event_stream(job_id: str, request: Request, studio: StudioDep) -> StreamingResponse:
-        await run_in_threadpool(studio.store.get, job_id)
+        await run_in_threadpool(visible_job, studio.store, request_caller(request), job_id)
         return StreamingResponse(
             job_events(studio.store, job_id, is_disconnected=request.is_disconnected),
             media_type="text/event-stream",
@@ -273,8 +289,8 @@ def build_native_router(config: StudioConfig) -> APIRouter:
         )
 
     @router.get("/jobs/{job_id}/results", summary="A job's images (or trained model) with download URLs")
-    def job_results(job_id: str, studio: StudioDep) -> dict[str, Any]:
-        job = studio.store.get(job_id)
+    def job_results(job_id: str, request: Request, studio: StudioDep) -> dict[str, Any]:
+        job = visible_job(studio.store, request_caller(request), job_id)
         result = job.result or {}
         out: dict[str, Any] = {"id": job.id, "kind": job.kind, "state": job.state, "error": job.error}
         if job.kind == "generate":
@@ -290,9 +306,10 @@ def build_native_router(config: StudioConfig) -> APIRouter:
         return out
 
     @router.get("/files/{key:path}", summary="Download a file from the outputs bucket")
-    def get_file(key: str, studio: StudioDep) -> Response:
+    def get_file(key: str, request: Request, studio: StudioDep) -> Response:
         if not key.startswith("outputs/"):
             raise NotFoundError("only files in the outputs bucket can be downloaded", field="key")
+        check_output_access(studio, request_caller(request), key)
         media_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
         local = studio.storage.local_path(key)
         if local is not None:
@@ -311,15 +328,40 @@ def build_native_router(config: StudioConfig) -> APIRouter:
         summary="Upload a checkpoint or LoRA (.safetensors, raw body); usable by name at once",
         max_body_size=config.max_upload_bytes,
     )
-    async def upload_model(filename: str, request: Request, studio: StudioDep) -> dict[str, Any]:
+    async def upload_model(
+        filename: str, request: Request, studio: StudioDep, overwrite: bool = False
+    ) -> dict[str, Any]:
         _check_upload_filename(filename, (".safetensors",), "a model")
+        caller = request_caller(request)
+        if overwrite:
+            require_admin(request, "replacing a model")
         staging = _upload_path(studio.config, filename)
         try:
             await _receive_to_file(request, staging)
-            record = await run_in_threadpool(_register_upload, studio, staging, f"models/{filename}")
+            record = await run_in_threadpool(
+                _register_upload,
+                studio,
+                staging,
+                f"models/{filename}",
+                overwrite=overwrite and caller.is_admin,
+            )
         finally:
             staging.unlink(missing_ok=True)
         return record
+
+    @router.delete("/models/{name}", summary="Delete a checkpoint or LoRA and its file (admin key)")
+    def delete_model(
+        name: str, request: Request, studio: StudioDep, kind: str = "checkpoint"
+    ) -> dict[str, Any]:
+        require_admin(request, "deleting a model")
+        record = studio.registry.get(name, kind)
+        keys = [record.storage_key]
+        if record.is_folder:
+            keys = [item.key for item in studio.storage.list(record.storage_key)]
+        for key in keys:
+            studio.storage.delete(key)
+        studio.registry.remove(record.storage_key)
+        return {"deleted": record.to_dict()}
 
     @router.put(
         "/training-data/{filename}",
@@ -328,10 +370,24 @@ def build_native_router(config: StudioConfig) -> APIRouter:
         responses={201: {"description": "stored"}, 202: {"description": "stored, training job queued"}},
     )
     async def upload_training_data(
-        filename: str, request: Request, response: Response, studio: StudioDep, start: bool = True
+        filename: str,
+        request: Request,
+        response: Response,
+        studio: StudioDep,
+        start: bool = True,
+        overwrite: bool = False,
     ) -> dict[str, Any]:
         _check_upload_filename(filename, (".zip", ".toml"), "training data")
         key = f"training-data/{filename}"
+        # A zip already there may be another person's data behind a queued run; its .toml is copied into the
+        # job when it is queued, so replacing that is harmless.
+        if filename.lower().endswith(".zip") and await run_in_threadpool(studio.storage.exists, key):
+            if not overwrite:
+                raise ConflictError(
+                    f"{key} already exists; send overwrite=true (admin key) to replace it, or choose another name",
+                    field="file",
+                )
+            require_admin(request, "replacing training data")
         if filename.lower().endswith(".toml"):
             body = b""
             async for chunk in request.stream():
@@ -346,6 +402,8 @@ def build_native_router(config: StudioConfig) -> APIRouter:
             await _receive_to_file(request, staging)
             if not zipfile.is_zipfile(staging):
                 raise AtelierError(f"{filename} is not a zip archive", field="file")
+            # Checked before it is stored: a bad archive is refused here, not hours later in a worker.
+            await run_in_threadpool(_check_training_upload, studio, staging, key)
             await run_in_threadpool(studio.storage.put_file, key, staging)
         finally:
             staging.unlink(missing_ok=True)
@@ -353,7 +411,7 @@ def build_native_router(config: StudioConfig) -> APIRouter:
             await run_in_threadpool(_hold_training_upload, studio, key)
             response.status_code = 201
             return {"key": key, "job": None}
-        job = await run_in_threadpool(_start_training_upload, studio, key)
+        job = await run_in_threadpool(_start_training_upload, studio, key, request_owner(request))
         response.status_code = 202
         return {"key": key, "job": job_view(studio, job) if job else None}
 
@@ -373,16 +431,30 @@ def build_native_router(config: StudioConfig) -> APIRouter:
     return router
 
 
-def _register_upload(studio: Studio, staging: Path, key: str) -> dict[str, Any]:
-    """Validate an uploaded model, store it and register it; the ledger entry keeps the watcher off it."""
+def _register_upload(studio: Studio, staging: Path, key: str, *, overwrite: bool) -> dict[str, Any]:
+    """Validate an uploaded model, store it and register it; the ledger entry keeps the watcher off it.
+
+    Nothing is replaced by accident: a name held by a model of the other kind is refused (names are unique
+    across kinds), and replacing a model of the same kind (or any file already at that place) needs
+    ``overwrite`` (an admin key).
+    """
     info = inspect_model(staging)
     name = model_name_for_key(key)
-    existing = next(
-        (r for r in studio.registry.list(info.kind) if r.name == name and r.storage_key != key), None
-    )
-    if existing is not None:
-        raise AtelierError(
-            f"a {info.kind} named {name!r} is already registered from {existing.storage_key}; rename the file",
+    holder = studio.registry.holder(name)
+    if holder is not None and holder.kind != info.kind:
+        raise ConflictError(
+            f"a {holder.kind} named {name!r} already exists; names are unique across checkpoints and LoRAs: "
+            "rename the file",
+            field="file",
+        )
+    if holder is not None and holder.storage_key != key:
+        raise ConflictError(
+            f"a {info.kind} named {name!r} is already registered from {holder.filename}; rename the file",
+            field="file",
+        )
+    if (holder is not None or studio.storage.exists(key)) and not overwrite:
+        raise ConflictError(
+            f"a {info.kind} named {name!r} already exists; send overwrite=true (admin key) to replace it",
             field="file",
         )
     studio.storage.put_file(key, staging)
@@ -407,7 +479,16 @@ def _hold_training_upload(studio: Studio, key: str) -> None:
         studio.ledger.mark_done("training-data", key, version)
 
 
-def _start_training_upload(studio: Studio, key: str) -> Job | None:
+def _check_training_upload(studio: Studio, staging: Path, key: str) -> None:
+    """The door check of a training zip, with the .toml already uploaded beside it (if any)."""
+    config_key = key[: -len(".zip")] + ".toml"
+    config = {}
+    if studio.storage.exists(config_key):
+        config = read_train_config(studio.storage.get_bytes(config_key), name=PurePosixPath(config_key).name)
+    check_training_archive(staging, PurePosixPath(key).name, config)
+
+
+def _start_training_upload(studio: Studio, key: str, owner: str | None) -> Job | None:
     """Queue training for a just-uploaded zip, unless a watcher already took this version of it."""
     version = _object_version(studio.storage, key)
     if not studio.ledger.claim_object("training-data", key, version, worker_id="api"):
@@ -421,7 +502,9 @@ def _start_training_upload(studio: Studio, key: str) -> Job | None:
             )
         else:
             config_key = None
-        job = submit_training(studio, key, config=config, config_key=config_key)
+        job = submit_training(
+            studio, key, config=config, config_key=config_key, owner=owner, archive_checked=True
+        )
     except AtelierError as problem:
         studio.ledger.mark_failed("training-data", key, version, str(problem))
         raise
