@@ -29,3 +29,11 @@ class ConflictError(AtelierError):
 
 class ForbiddenError(AtelierError):
     """The caller's key may not do this (only an admin key may): HTTP 403."""
+
+
+class JobFailedError(AtelierError):
+    """A job a request waited for failed for a reason that is not the request's (HTTP 500, with the reason)."""
+
+
+class JobTimeoutError(AtelierError):
+    """A job a request waited for did not finish in time; it goes on (HTTP 504)."""

@@ -29,6 +29,8 @@ FAST = {
     "supervise_seconds": 0.1,
     "webhook_backoff_seconds": 0.05,
     "webhook_timeout_seconds": 2.0,
+    # The tests' webhook receivers listen on 127.0.0.1; the SSRF tests turn this off again.
+    "webhook_allow_private": True,
 }
 
 

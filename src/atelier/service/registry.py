@@ -453,6 +453,16 @@ class StudioSettings:
             ).one_or_none()
         return default if value is None else value[0]
 
+    def insert_if_missing(self, key: str, value: Any) -> None:
+        """Set ``key`` unless it is set: of two processes racing to make a value, the first one wins."""
+        insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(settings_table)
+                .values(key=key, value=value, updated_at=self._clock())
+                .on_conflict_do_nothing(index_elements=[settings_table.c.key])
+            )
+
     def update(self, values: Mapping[str, Any]) -> None:
         """Set several options in one transaction."""
         insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert

@@ -71,6 +71,8 @@ class StudioServer:
         config = self.config
         tasks: list[tuple[str, Any]] = [
             ("webhooks", lambda: self.studio.webhooks.run(self._stop, 0.25)),
+            # Jobs of workers that died go back to the queue even when no worker is left to notice.
+            ("leases", lambda: _requeue_expired_leases(self.studio, self._stop, config.lease_seconds)),
         ]
         if self.watcher is not None:
             tasks.append(("watcher", lambda: self.watcher.run(self._stop, config.watch_seconds)))
@@ -137,6 +139,23 @@ class StudioServer:
             self._server_thread.join(timeout=10)
         self._stop_background()
         self.studio.close()
+
+
+def _requeue_expired_leases(studio: Studio, stop: threading.Event, lease_seconds: float) -> None:
+    """Put running jobs whose worker stopped heartbeating back in the queue (or fail them), until ``stop``.
+
+    Workers do this too before they claim, but a lone job whose only worker was killed has nobody else to
+    notice: without this it stayed "running" until another job arrived.
+    """
+    interval = min(max(lease_seconds / 4, 0.05), 5.0)
+    while not stop.is_set():
+        try:
+            moved = studio.store.requeue_expired()
+            if moved:
+                logger.info("requeued %d job(s) whose worker stopped heartbeating", moved)
+        except Exception:
+            logger.warning("requeueing expired leases failed; retrying", exc_info=True)
+        stop.wait(interval)
 
 
 def _note_signal(signum: int, _frame: object) -> None:

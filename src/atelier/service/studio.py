@@ -73,6 +73,7 @@ class Studio:
                 attempts=config.webhook_attempts,
                 backoff_seconds=config.webhook_backoff_seconds,
                 timeout_seconds=config.webhook_timeout_seconds,
+                allow_private=config.webhook_allow_private,
             ),
             storage=storage,
         )

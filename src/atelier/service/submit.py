@@ -178,6 +178,7 @@ def submit_generation(
     extra: Mapping[str, Any] | None = None,
 ) -> Job:
     """Store the request's images and queue the generate job."""
+    check_webhook(studio, webhook_url)
     job_id = uuid.uuid4().hex
     payload: dict[str, Any] = {
         "request": prepared.params,
@@ -220,6 +221,12 @@ def _submit(
     if webhook_url:
         studio.webhooks.expect(job.id, webhook_url)
     return job
+
+
+def check_webhook(studio: Studio, webhook_url: str | None) -> None:
+    """Refuse a webhook URL that could never be delivered before anything is queued or stored."""
+    if webhook_url is not None:
+        studio.webhooks.check_url(webhook_url)
 
 
 def read_train_config(data: bytes, *, name: str) -> dict[str, Any]:
@@ -366,6 +373,7 @@ def submit_training(
     """
     if not training_data.startswith("training-data/") or not training_data.lower().endswith(".zip"):
         raise AtelierError("training_data must be a .zip in the training-data bucket", field="training_data")
+    check_webhook(studio, webhook_url)
     if not studio.storage.exists(training_data):
         raise AtelierError(f"{training_data} does not exist", field="training_data")
     settings = dict(config or {})

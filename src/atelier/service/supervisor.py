@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from atelier.service.config import StudioConfig
+from atelier.service.database import utc_now
 from atelier.service.jobs import SqlJobStore
 
 logger = logging.getLogger(__name__)
@@ -150,10 +151,20 @@ class WorkerSupervisor:
         self._reap(now)
         queued = self.store.counts()["queued"]
         running_jobs = self.store.list(state="running", limit=1000)
+        lease_now = utc_now()
         with self._lock:
             ours = set(self._workers)
             busy = {job.worker_id for job in running_jobs if job.worker_id in ours}
             active = {wid for wid, managed in self._workers.items() if managed.stopping_since is None}
+        # Jobs whose worker died (its lease ran out) will be queued again: they need a worker too.
+        orphaned = sum(
+            1
+            for job in running_jobs
+            if job.worker_id not in ours
+            and job.lease_expires_at is not None
+            and job.lease_expires_at < lease_now
+        )
+        queued += orphaned
         target = self.desired(queued, len(busy))
         for _ in range(target - len(active)):
             self._start()

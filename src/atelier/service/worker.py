@@ -221,8 +221,20 @@ class Worker:
     def _parent_gone(self) -> bool:
         return self.parent_pid is not None and os.getppid() != self.parent_pid
 
+    def warm_up(self) -> None:
+        """Import the libraries and build the engine before claiming anything.
+
+        A worker that cannot start (a broken CUDA driver, a library that fails to import) then dies holding no
+        job, instead of taking the next one down with it and using up that job's attempts.
+        """
+        if "generate" in self.kinds:
+            _ = self.engine
+        if "train" in self.kinds:
+            import atelier.training.recipe  # noqa: F401
+
     def run(self, *, idle_exit_seconds: float | None = None, max_jobs: int | None = None) -> int:
         """Process jobs until stopped (or idle that long, or ``max_jobs`` done); return how many ran."""
+        self.warm_up()
         last_activity = time.monotonic()
         next_requeue = 0.0
         while not self._stop.is_set():

@@ -14,6 +14,7 @@ are refused with 422 naming the field rather than silently ignored.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from atelier import __version__
-from atelier.errors import AtelierError, NotFoundError
+from atelier.errors import AtelierError, JobFailedError, JobTimeoutError, NotFoundError
 from atelier.service.api.common import request_caller, request_owner, require_admin
 from atelier.service.config import is_loopback_host
 from atelier.service.jobs import Job
@@ -390,13 +391,20 @@ async def _run(
         )
     except AtelierError as problem:
         raise _translate(problem) from None
-    job = await request.app.state.waiter.wait(job.id)
+    timeout = studio.config.request_timeout_seconds
+    try:
+        job = await asyncio.wait_for(request.app.state.waiter.wait(job.id), timeout=timeout)
+    except TimeoutError:
+        raise JobTimeoutError(
+            f"job {job.id} did not finish within {timeout:g} s; it goes on: follow it at /api/jobs/{job.id}",
+            field="job_id",
+        ) from None
     if job.state == "failed":
         if job.progress_info.get("user_error"):
             raise _translate(
                 AtelierError(job.error or "the job failed", field=job.progress_info.get("error_field"))
             )
-        raise RuntimeError(f"job {job.id} failed: {job.error}")
+        raise JobFailedError(f"job {job.id} failed: {job.error}", field="job_id")
     images = []
     if job.state == "succeeded" and body.send_images:
         keys = [image["key"] for image in (job.result or {}).get("images", [])]

@@ -16,7 +16,15 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from atelier.errors import AtelierError, ConflictError, ForbiddenError, NotFoundError, UnsafeFileError
+from atelier.errors import (
+    AtelierError,
+    ConflictError,
+    ForbiddenError,
+    JobFailedError,
+    JobTimeoutError,
+    NotFoundError,
+    UnsafeFileError,
+)
 from atelier.service.jobs import FINISHED_STATES, Job, SqlJobStore, jobs_table, utc_now
 from atelier.service.security import OPEN_STUDIO, AccessPolicy, Caller, key_from_headers
 
@@ -44,6 +52,10 @@ def status_for(problem: AtelierError) -> int:
         return 403
     if isinstance(problem, ConflictError):
         return 409
+    if isinstance(problem, JobFailedError):
+        return 500
+    if isinstance(problem, JobTimeoutError):
+        return 504
     if isinstance(problem, UnsafeFileError):
         return 400
     return 422
