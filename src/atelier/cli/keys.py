@@ -1,7 +1,9 @@
-"""`atelier keys`: API keys for the studio's HTTP API.
+"""`atelier keys`: API keys for the studio's HTTP API, and the secret that signs its webhooks.
 
 Once a key exists, every API request needs one (`Authorization: Bearer <key>`). Keys are stored hashed; the
-key itself is shown once, when it is created.
+key itself is shown once, when it is created. A user key sees and stops only its own jobs and outputs and
+uses the shared models; an admin key (`--admin`) may also replace and delete models and change studio options.
+`atelier keys webhook-secret` prints the Standard Webhooks secret receivers verify signatures with.
 """
 
 from __future__ import annotations
@@ -18,11 +20,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub.required = True
     create = sub.add_parser("create", help="create a key and print it (once)")
     create.add_argument("name", help="who or what the key is for, e.g. 'marketing-laptop'")
+    create.add_argument(
+        "--admin", action="store_true", help="an admin key (models, options, everyone's jobs)"
+    )
     listing = sub.add_parser("list", help="list keys (names and hints, never the keys)")
     listing.add_argument("--json", action="store_true")
     revoke = sub.add_parser("revoke", help="stop a key from working")
     revoke.add_argument("name")
-    for action in (create, listing, revoke):
+    secret = sub.add_parser("webhook-secret", help="print the secret that signs webhooks (Standard Webhooks)")
+    for action in (create, listing, revoke, secret):
         add_studio_arguments(action)
         action.set_defaults(func=run)
 
@@ -31,17 +37,22 @@ def run(args: argparse.Namespace) -> int:
     from atelier.service.config import StudioConfig
     from atelier.service.database import open_database
     from atelier.service.security import ApiKeyStore
+    from atelier.service.webhooks import WebhookDeliveries
 
     config = StudioConfig.for_data_dir(args.data, database_url=args.db)
     database = open_database(config.database_url)
     try:
         keys = ApiKeyStore(database)
         if args.keys_command == "create":
-            _key, secret = keys.create(args.name)
+            role = "admin" if args.admin else "user"
+            _key, secret = keys.create(args.name, role=role)
             print(secret)
             print(
-                f"API key {args.name!r} created; it is shown only now. Send it as 'Authorization: Bearer <key>'."
+                f"{role} API key {args.name!r} created; it is shown only now. Send it as "
+                "'Authorization: Bearer <key>'."
             )
+        elif args.keys_command == "webhook-secret":
+            print(WebhookDeliveries(database).secret())
         elif args.keys_command == "revoke":
             keys.revoke(args.name)
             print(f"API key {args.name!r} revoked")
@@ -51,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps(rows))
             for row in [] if args.json else rows:
                 state = "active" if row["revoked_at"] is None else f"revoked {row['revoked_at']}"
-                print(f"{row['name']:<30} {row['hint']}...  created {row['created_at']}  {state}")
+                print(
+                    f"{row['name']:<30} {row['role']:<6} {row['hint']}...  created {row['created_at']}  {state}"
+                )
     finally:
         database.dispose()
     return 0

@@ -114,6 +114,25 @@ def hf_cache_snapshot(path: Path) -> Path:
     )
 
 
+def validate_safetensors(path: Path) -> None:
+    """Refuse a damaged ``.safetensors`` file before it is registered, with a one-line reason.
+
+    The safetensors library checks what matters, without reading the weights: every tensor's dtype, shape and
+    byte range agree, the ranges cover the data with no gap or overlap, and the file is exactly that long (a
+    truncated upload, or bytes appended to it, is caught).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    refuse_pickle(path)
+    read_safetensors_header(path)
+    try:
+        with safe_open(str(path), framework="numpy"):
+            pass
+    except SafetensorError as exc:
+        reason = str(exc).removeprefix("Error while deserializing header: ")
+        raise AtelierError(f"{path.name} is a damaged .safetensors file ({reason})", field="file") from None
+
+
 class _ShapeOnly:
     """Stands in for a tensor where only ``.shape`` is read (architecture detection)."""
 

@@ -12,10 +12,16 @@ The message is one line: the user's own mistake as Atelier words it, else the ex
 from __future__ import annotations
 
 import errno
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import sqlalchemy as sa
 
 from atelier.errors import AtelierError
+from atelier.files import TEMP_PREFIX
 
 MAX_ERROR_LENGTH = 500
 
@@ -70,8 +76,11 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def describe_failure(exc: BaseException) -> str:
-    """One line for people: Atelier's own message, or the exception's type and the first line of its text."""
+def describe_failure(exc: BaseException, roots: Sequence[Path] = ()) -> str:
+    """One line for people: Atelier's own message, or the exception's type and the first line of its text.
+
+    Paths under ``roots`` (this machine's folders, :func:`server_roots`) are reduced to file names.
+    """
     if isinstance(exc, AtelierError):
         text = str(exc)
     elif type(exc).__name__ == "OutOfMemoryError":
@@ -79,5 +88,28 @@ def describe_failure(exc: BaseException) -> str:
     else:
         lines = str(exc).strip().splitlines()
         text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    text = " ".join(text.split())
+    text = public_text(" ".join(text.split()), roots)
     return text if len(text) <= MAX_ERROR_LENGTH else text[: MAX_ERROR_LENGTH - 1] + "…"
+
+
+def public_text(text: str, roots: Sequence[Path]) -> str:
+    """``text`` without this server's own paths: a file under one of ``roots`` (the data folder, the cache,
+    the temporary folder, home) is named by its file name only, and staging prefixes are dropped. Clients get
+    the file they sent or named, never where the server keeps it."""
+    for root in sorted({str(root) for root in roots if str(root) not in ("", "/")}, key=len, reverse=True):
+        text = re.sub(
+            re.escape(root) + r"/?([^\s'\"]*)", lambda found: PurePosixPath(found.group(1)).name, text
+        )
+    return _STAGING_NAME.sub("", text)
+
+
+_STAGING_NAME = re.compile(re.escape(TEMP_PREFIX) + r"[0-9a-f]+-?")
+
+
+def server_roots(config: Any) -> list[Path]:
+    """The folders whose paths :func:`public_text` hides."""
+    roots = [Path(tempfile.gettempdir()), Path.home()]
+    if config is not None:
+        roots[:0] = [Path(config.cache_dir), Path(config.data_dir)]
+    resolved = [root.resolve() for root in roots]
+    return [*roots, *resolved]

@@ -173,12 +173,20 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelFileInfo:
     """
     from atelier.engine.architectures import base_family
     from atelier.engine.loras import inspect_lora, lora_sha256
-    from atelier.engine.models import detect_architecture, model_sha256, refuse_pickle, safetensors_kind
+    from atelier.engine.models import (
+        detect_architecture,
+        model_sha256,
+        refuse_pickle,
+        safetensors_kind,
+        validate_safetensors,
+    )
 
     path = Path(path)
     refuse_pickle(path)
     if path.is_dir():
         architecture = detect_architecture(path)
+        for weights in sorted(path.rglob("*.safetensors")):
+            validate_safetensors(weights)
         size = sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
         return ModelFileInfo(
             "checkpoint", architecture, base_family(architecture), model_sha256(path), None, size
@@ -190,6 +198,7 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelFileInfo:
         )
     # The same rule as the CLI's model and LoRA folders (engine.models.safetensors_kind).
     try:
+        validate_safetensors(path)
         kind = safetensors_kind(path)
     except AtelierError as problem:
         raise AtelierError(str(problem), field="file") from None

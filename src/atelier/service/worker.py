@@ -35,7 +35,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from atelier.errors import AtelierError
-from atelier.service.failures import describe_failure, is_transient
+from atelier.service.failures import describe_failure, is_transient, server_roots
 from atelier.service.jobs import JOB_KINDS, Job, SqlJobStore, jobs_table
 from atelier.service.modelfiles import ModelFiles
 from atelier.service.registry import ModelRecord, check_model_name, inspect_model
@@ -320,7 +320,9 @@ class Worker:
             self.jobs_done += 1
 
     def _fail(self, job: Job, problem: BaseException, *, retry: bool) -> None:
-        self.store.fail(job.id, self.worker_id, describe_failure(problem), retry=retry)
+        self.store.fail(
+            job.id, self.worker_id, describe_failure(problem, server_roots(self.config)), retry=retry
+        )
         if not retry and job.kind == "train":
             # Nothing will resume this run: its extracted data and state only take disk space.
             shutil.rmtree(self.train_dir(job), ignore_errors=True)

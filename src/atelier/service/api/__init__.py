@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from atelier import __version__
 from atelier.service.api.a1111 import build_a1111_router
 from atelier.service.api.campaign import build_campaign_router
-from atelier.service.api.common import JobWaiter, StudioGate, install_error_handlers
+from atelier.service.api.common import ERROR_RESPONSES, JobWaiter, StudioGate, install_error_handlers
 from atelier.service.api.controlnet import build_controlnet_router
 from atelier.service.api.native import build_native_router
 from atelier.service.metrics import StudioMetrics
@@ -66,12 +66,18 @@ def create_app(
     )
     # Body limits on the routers rather than the app (uploads raise theirs per route): an app-wide limit would
     # answer from outside AuthMiddleware, in plain text instead of the API's JSON error.
-    app.include_router(build_native_router(studio.config), max_body_size=studio.config.max_request_bytes)
-    app.include_router(build_a1111_router(), max_body_size=studio.config.max_request_bytes)
-    app.include_router(build_controlnet_router(), max_body_size=studio.config.max_request_bytes)
-    app.include_router(build_campaign_router(), max_body_size=studio.config.max_request_bytes)
+    limit = studio.config.max_request_bytes
+    app.include_router(build_native_router(studio.config), max_body_size=limit, responses=ERROR_RESPONSES)
+    app.include_router(build_a1111_router(), max_body_size=limit, responses=ERROR_RESPONSES)
+    app.include_router(build_controlnet_router(), max_body_size=limit, responses=ERROR_RESPONSES)
+    app.include_router(build_campaign_router(), max_body_size=limit, responses=ERROR_RESPONSES)
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (queue depth, job latency)")
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics (queue depth, job latency)",
+        responses={200: {"content": {"text/plain": {}}}, **ERROR_RESPONSES},
+    )
     async def prometheus_metrics() -> Response:
         body, content_type = await run_in_threadpool(metrics.render)
         return Response(body, media_type=content_type)

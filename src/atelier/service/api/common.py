@@ -6,13 +6,15 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -25,6 +27,7 @@ from atelier.errors import (
     NotFoundError,
     UnsafeFileError,
 )
+from atelier.service.failures import public_text, server_roots
 from atelier.service.jobs import FINISHED_STATES, Job, SqlJobStore, jobs_table, utc_now
 from atelier.service.security import OPEN_STUDIO, AccessPolicy, Caller, key_from_headers
 
@@ -38,6 +41,32 @@ ASGIApp = Callable[
 
 # Paths anyone may read: the API documentation and the liveness probe.
 PUBLIC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/api/health"})
+
+
+class ErrorBody(BaseModel):
+    """Every error answer of both APIs (4xx and 5xx)."""
+
+    error: str = Field(description="the kind of error, e.g. ValidationError, NotFoundError, ConflictError")
+    detail: str = Field(description="one line saying what is wrong (A1111 clients read this)")
+    field: str | None = Field(description="the request field at fault, when there is one")
+    errors: str = Field(description="the same line, where other A1111 clients look for it")
+
+
+_ERROR_MEANINGS = {
+    400: "a refused file, path, Host name or header",
+    401: "an API key is required",
+    403: "the key may not do this (admin only), or a cross-site request",
+    404: "no such job, model or file (or not the caller's)",
+    409: "it would replace something that exists",
+    413: "the body is larger than this server accepts",
+    422: "a field has a value that cannot work",
+    500: "the job failed for a reason that is not the request's, or a bug",
+    504: "the job did not finish in time (it goes on)",
+}
+# Documented on every route, so that the schema describes what the API really answers.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": meaning} for status, meaning in _ERROR_MEANINGS.items()
+}
 
 
 def error_body(message: str, field: str | None, error: str) -> dict[str, Any]:
@@ -61,9 +90,10 @@ def status_for(problem: AtelierError) -> int:
     return 422
 
 
-def atelier_error_response(problem: AtelierError) -> JSONResponse:
+def atelier_error_response(problem: AtelierError, roots: Sequence[Path] = ()) -> JSONResponse:
     return JSONResponse(
-        error_body(str(problem), problem.field, type(problem).__name__), status_code=status_for(problem)
+        error_body(public_text(str(problem), roots), problem.field, type(problem).__name__),
+        status_code=status_for(problem),
     )
 
 
@@ -92,8 +122,9 @@ def install_error_handlers(app: Any) -> None:
     """Map every failure to a JSON answer: user errors to 4xx naming the field, bugs to a logged 500."""
 
     @app.exception_handler(AtelierError)
-    async def _atelier_error(_request: Request, problem: AtelierError) -> JSONResponse:
-        return atelier_error_response(problem)
+    async def _atelier_error(request: Request, problem: AtelierError) -> JSONResponse:
+        studio = getattr(request.app.state, "studio", None)
+        return atelier_error_response(problem, server_roots(studio.config if studio else None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, problem: RequestValidationError) -> JSONResponse:

@@ -9,6 +9,7 @@ stream to disk without a multipart parser.
 from __future__ import annotations
 
 import mimetypes
+import shutil
 import uuid
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -170,9 +171,15 @@ async def _receive_to_file(request: Request, destination: Path) -> int:
 
 
 def _upload_path(config: StudioConfig, filename: str) -> Path:
-    folder = config.cache_dir / "uploads"
+    """Where an upload is received: under its own name (messages about it name the user's file), in a
+    folder of its own; :func:`_discard_upload` removes both."""
+    folder = config.cache_dir / "uploads" / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
     folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}-{filename}"
+    return folder / filename
+
+
+def _discard_upload(staging: Path) -> None:
+    shutil.rmtree(staging.parent, ignore_errors=True)
 
 
 def _check_upload_filename(filename: str, suffixes: tuple[str, ...], what: str) -> str:
@@ -253,6 +260,11 @@ def build_native_router(config: StudioConfig) -> APIRouter:
     def whoami(request: Request, studio: StudioDep) -> dict[str, Any]:
         caller = request_caller(request)
         return {"name": caller.name, "role": caller.role, "keys_required": studio.keys.any_active()}
+
+    @router.get("/webhooks/secret", summary="The secret that signs webhooks (Standard Webhooks; admin key)")
+    def webhook_secret(request: Request, studio: StudioDep) -> dict[str, Any]:
+        require_admin(request, "reading the webhook secret")
+        return {"secret": studio.webhooks.secret(), "scheme": "https://www.standardwebhooks.com"}
 
     @router.get("/jobs", summary="List jobs, newest first (a user key sees its own)")
     def list_jobs(
@@ -346,7 +358,7 @@ def build_native_router(config: StudioConfig) -> APIRouter:
                 overwrite=overwrite and caller.is_admin,
             )
         finally:
-            staging.unlink(missing_ok=True)
+            _discard_upload(staging)
         return record
 
     @router.delete("/models/{name}", summary="Delete a checkpoint or LoRA and its file (admin key)")
@@ -406,7 +418,7 @@ def build_native_router(config: StudioConfig) -> APIRouter:
             await run_in_threadpool(_check_training_upload, studio, staging, key)
             await run_in_threadpool(studio.storage.put_file, key, staging)
         finally:
-            staging.unlink(missing_ok=True)
+            _discard_upload(staging)
         if not start:
             await run_in_threadpool(_hold_training_upload, studio, key)
             response.status_code = 201

@@ -1,7 +1,7 @@
 // Entry point: tabs, the API key dialog, and loading what the studio offers.
 
 import { initAds, refreshAdsGallery } from "./ads.js";
-import { apiEvents, getKey, setKey } from "./api.js";
+import { apiEvents, getKey, request, setKey } from "./api.js";
 import { refreshCatalog } from "./catalog.js";
 import { $, $$, toast } from "./dom.js";
 import { clearErrors, showFieldError } from "./fields.js";
@@ -63,8 +63,28 @@ function initTabs() {
 
 const keyDialog = $("#key-dialog");
 
+let caller = null; // { name, role, keys_required } from /api/whoami, once the studio answered
+
 function renderKeyButton() {
-  $("#key-button").textContent = getKey() ? "API key ✓" : "API key";
+  const button = $("#key-button");
+  if (caller && caller.name) {
+    // Who the page acts as: a user key sees its own jobs; an admin key may change models and options.
+    button.textContent = `${caller.name} · ${caller.role}`;
+    button.title = caller.role === "admin" ? "Admin key: models, options and everyone's jobs" : "User key: your own jobs";
+  } else {
+    button.textContent = getKey() ? "API key ✓" : "API key";
+    button.title = "";
+  }
+  button.dataset.role = caller ? caller.role : "";
+}
+
+async function loadCaller() {
+  try {
+    caller = await request("GET", "/api/whoami");
+  } catch {
+    caller = null;
+  }
+  renderKeyButton();
 }
 
 function openKeyDialog(reason) {
@@ -81,6 +101,7 @@ function openKeyDialog(reason) {
 async function loadStudio() {
   try {
     await refreshCatalog();
+    await loadCaller();
     return true;
   } catch (error) {
     if (error.status !== 401) toast(error.message, "error");
@@ -94,6 +115,7 @@ function initKeyDialog() {
   $("#key-cancel").addEventListener("click", () => keyDialog.close());
   $("#key-forget").addEventListener("click", () => {
     setKey("");
+    caller = null;
     renderKeyButton();
     keyDialog.close();
     toast("The key was removed from this browser.");
