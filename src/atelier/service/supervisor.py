@@ -135,6 +135,12 @@ class WorkerSupervisor:
         with self._lock:
             return sorted(self._workers)
 
+    def pid(self, worker_id: str) -> int | None:
+        """The process id of a supervised worker (for operators and tests), None if it is not ours."""
+        with self._lock:
+            managed = self._workers.get(worker_id)
+            return None if managed is None else managed.process.pid
+
     def counts(self) -> dict[str, int]:
         """Supervised processes: running (alive, not told to stop) and stopping."""
         with self._lock:

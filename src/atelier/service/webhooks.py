@@ -123,13 +123,25 @@ def check_webhook_url(url: object, *, allow_private: bool) -> tuple[str, str, in
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     host = parsed.host
     if not allow_private:
-        try:
-            literal = ipaddress.ip_address(host)
-        except ValueError:
-            literal = None
+        literal = _ip_literal(host)
         if (literal is not None and not _address_is_public(literal)) or host.lower() in LOOPBACK_NAMES:
             raise UnsafeWebhookError(_private_message(host), field="webhook_url")
     return parsed.scheme, host, port
+
+
+def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``host`` as an address when it is written as one, including the forms resolvers accept for IPv4
+    ("2130706433", "127.1", "0x7f.0.0.1"); None for a name."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if host and all(part.isalnum() for part in host.split(".")) and host.replace(".", "").isalnum():
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
 
 
 def _private_message(host: str) -> str:
