@@ -48,12 +48,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-watch", action="store_true", help="do not watch the training-data and models buckets"
     )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a host name the API answers to besides the loopback ones (repeat; '*' for any)",
+    )
     p.set_defaults(func=run, uses_models=True)
 
 
 def run(args: argparse.Namespace) -> int:
     from atelier.service.config import StudioConfig
-    from atelier.service.server import StudioServer
+    from atelier.service.server import StudioServer, check_port_free
     from atelier.ui import mount_ui
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -69,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
         min_workers=args.min_workers,
         max_workers=args.max_workers,
         watch=not args.no_watch,
+        allowed_hosts=tuple(args.allowed_host) if args.allowed_host else None,
     )
+    check_port_free(config.host, config.port)
     server = StudioServer(config)
     # The UI is a client of the public API; it is mounted here, where the layers are put together.
     mount_ui(server.app)

@@ -103,7 +103,7 @@ class StudioServer:
 
     def run(self) -> None:
         """Serve until interrupted (Ctrl-C / SIGTERM), then stop everything."""
-        _check_port_free(self.config.host, self.config.port)
+        check_port_free(self.config.host, self.config.port)
         previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             # uvicorn shuts the HTTP server down on these signals, then raises the signal again; with the
@@ -162,7 +162,7 @@ def _note_signal(signum: int, _frame: object) -> None:
     logger.info("signal %d received: stopping workers and watchers", signum)
 
 
-def _check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int) -> None:
     """Refuse a port in use with one line, before uvicorn logs its own error and exits with code 3."""
     if port == 0:
         return
