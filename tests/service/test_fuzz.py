@@ -25,7 +25,7 @@ from atelier.service.server import StudioServer
 from atelier.service.studio import Studio
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-EXAMPLES_PER_OPERATION = 25
+EXAMPLES_PER_OPERATION = 15
 
 
 @pytest.fixture(scope="module")

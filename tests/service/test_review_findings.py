@@ -81,12 +81,13 @@ def _training_zip(entries: dict[str, bytes] | None = None) -> bytes:
 # -- 1. data loss: a LoRA named like a checkpoint ------------------------------------------------------------
 
 
-def test_a_lora_never_replaces_the_checkpoint_of_the_same_name(tmp_path, tiny_models, database_url):
+def test_a_lora_never_replaces_the_checkpoint_of_the_same_name(tmp_path, tiny_models):
+    """(The name rule itself runs on SQLite and PostgreSQL in test_security.py; this is the whole story once.)"""
     from atelier.engine.convert import save_single_file
 
     checkpoint = save_single_file(tiny_models("sd15"), tmp_path / "windbreaker.safetensors", "sd15")
     lora = make_lora(tiny_models("sd15"), tmp_path / "lora" / "windbreaker.safetensors")
-    server, url = _serve(tmp_path, tiny_models, database_url)
+    server, url = _serve(tmp_path, tiny_models)
     try:
         with running_worker(server.studio), httpx.Client(base_url=url, timeout=120) as client:
             uploaded = client.put("/api/models/windbreaker.safetensors", content=checkpoint.read_bytes())
@@ -170,7 +171,7 @@ def test_a_lone_job_whose_worker_is_killed_is_run_again_and_answered(
 
     def request() -> None:
         with httpx.Client(base_url=url, timeout=300) as client:
-            response = client.post("/sdapi/v1/txt2img", json={**SMALL, "steps": 150})
+            response = client.post("/sdapi/v1/txt2img", json={**SMALL, "steps": 80})
             answer["status"], answer["body"] = response.status_code, response.json()
 
     try:
