@@ -132,7 +132,7 @@ def measure_latency(*, size: int, steps: int, runs: int, threads: int, overhead_
 
 
 def _claim_until_empty(url: str, worker_id: str, start_at: float) -> int:
-    from atelier.service.jobs import open_job_store
+    from atelier.service.job_store import open_job_store
 
     store = open_job_store(url)
     while time.time() < start_at:
@@ -146,7 +146,7 @@ def _claim_until_empty(url: str, worker_id: str, start_at: float) -> int:
 
 
 def measure_throughput(url: str, *, jobs: int, claimers: int) -> dict:
-    from atelier.service.jobs import open_job_store
+    from atelier.service.job_store import open_job_store
 
     store = open_job_store(url)
     start = time.perf_counter()

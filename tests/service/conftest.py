@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from atelier.service.jobs import SqlJobStore, open_job_store
+from atelier.service.job_store import SqlJobStore, open_job_store
 from atelier.service.storage import Storage, open_storage
 
 PG_HOST = os.environ.get("ATELIER_TEST_PG_HOST", "127.0.0.1")

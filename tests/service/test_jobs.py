@@ -16,7 +16,8 @@ import sqlalchemy as sa
 
 import atelier
 from atelier.errors import AtelierError, NotFoundError
-from atelier.service.jobs import open_database, open_job_store
+from atelier.service.database import open_database
+from atelier.service.job_store import open_job_store
 
 
 def test_submit_and_get_round_trip(open_store):
@@ -134,7 +135,7 @@ def test_concurrent_threads_claim_every_job_exactly_once(open_store):
 
 _CLAIMER_PROCESS = """
 import sys
-from atelier.service.jobs import open_job_store
+from atelier.service.job_store import open_job_store
 
 url, worker = sys.argv[1], sys.argv[2]
 store = open_job_store(url)
@@ -432,3 +433,21 @@ def test_job_times_are_utc(open_store):
     job = store.submit("generate", {})
     assert job.created_at.tzinfo == UTC
     assert store.claim("worker-1").lease_expires_at.tzinfo == UTC
+
+
+def test_a_job_and_its_webhook_are_written_together_or_not_at_all(open_store):
+    store = open_store()
+    job = store.submit("generate", {}, webhook_url="https://example.com/hook", job_id="with-hook")
+    assert store.delivery(job.id).url == "https://example.com/hook"
+    # A delivery row already holds the next id: writing the job's own fails, and the job goes with it.
+    store.submit("generate", {}, webhook_url="https://example.com/a", job_id="blocker")
+    from atelier.service.job_store import deliveries_table
+
+    with store.engine.begin() as conn:
+        conn.execute(
+            deliveries_table.update().where(deliveries_table.c.job_id == "blocker").values(job_id="next")
+        )
+    with pytest.raises(AtelierError):
+        store.submit("generate", {}, webhook_url="https://example.com/b", job_id="next")
+    with pytest.raises(NotFoundError):
+        store.get("next")

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from atelier.errors import AtelierError, NotFoundError
-from atelier.service.jobs import open_job_store
+from atelier.service.job_store import open_job_store
 from atelier.service.ledger import Ledger, open_ledger
 
 

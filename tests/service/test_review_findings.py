@@ -199,7 +199,7 @@ def test_a_lone_job_whose_worker_is_killed_is_run_again_and_answered(
 
 
 def test_a_retry_goes_to_the_back_of_the_queue(tmp_path, database_url, clock):
-    from atelier.service.jobs import SqlJobStore
+    from atelier.service.job_store import SqlJobStore
 
     studio = Studio.open(fast_config(tmp_path / "data", database_url=database_url))
     store = SqlJobStore(studio.database, clock=clock)

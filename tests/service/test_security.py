@@ -12,7 +12,7 @@ from PIL import Image
 from atelier.cli import main
 from atelier.errors import AtelierError, ConflictError, NotFoundError, UnsafeFileError
 from atelier.service.config import StudioConfig, is_loopback_host
-from atelier.service.jobs import open_database
+from atelier.service.database import open_database
 from atelier.service.registry import (
     ModelFileInfo,
     ModelRegistry,

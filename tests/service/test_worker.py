@@ -11,7 +11,7 @@ from PIL import Image
 from studio_helpers import fast_config, install_checkpoint, make_lora, new_worker, running_worker, wait_for
 
 from atelier.errors import AtelierError, NotFoundError
-from atelier.service.jobs import SqlJobStore
+from atelier.service.job_store import SqlJobStore
 from atelier.service.registry import inspect_model
 from atelier.service.studio import Studio
 from atelier.service.submit import prepare_generation, submit_generation

@@ -36,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from atelier.service.config import StudioConfig
     from atelier.service.database import open_database
+    from atelier.service.job_store import SqlJobStore
+    from atelier.service.registry import StudioSettings
     from atelier.service.security import ApiKeyStore
     from atelier.service.webhooks import WebhookDeliveries
 
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
                 "'Authorization: Bearer <key>'."
             )
         elif args.keys_command == "webhook-secret":
-            print(WebhookDeliveries(database).secret())
+            print(WebhookDeliveries(SqlJobStore(database), StudioSettings(database)).secret())
         elif args.keys_command == "revoke":
             keys.revoke(args.name)
             print(f"API key {args.name!r} revoked")

@@ -21,10 +21,10 @@ from typing import Any
 import anyio
 from starlette.concurrency import run_in_threadpool
 
-from atelier.service.jobs import Job, SqlJobStore
+from atelier.service.jobs import Job, JobStore
 
 
-def job_progress(store: SqlJobStore, job: Job) -> dict[str, Any]:
+def job_progress(store: JobStore, job: Job) -> dict[str, Any]:
     """A job's state as clients see it: progress fraction, queue position while waiting, error if any."""
     step, total = job.progress_step, job.progress_total
     if job.state == "succeeded":
@@ -57,7 +57,7 @@ def format_event(event: str, data: Any) -> str:
 
 
 async def job_events(
-    store: SqlJobStore,
+    store: JobStore,
     job_id: str,
     *,
     poll_seconds: float = 0.2,

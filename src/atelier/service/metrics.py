@@ -14,31 +14,24 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from atelier.service.jobs import FINISHED_STATES, JOB_KINDS, JOB_STATES, SqlJobStore, jobs_table, utc_now
+from atelier.service.database import utc_now
+from atelier.service.jobs import JOB_KINDS, JobStore
 
 # Generation on a warm GPU takes seconds; training takes hours.
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, float("inf"))
 
 
 class _QueueCollector(Collector):
-    def __init__(self, store: SqlJobStore, worker_counts: Callable[[], dict[str, int]] | None) -> None:
+    def __init__(self, store: JobStore, worker_counts: Callable[[], dict[str, int]] | None) -> None:
         self.store = store
         self.worker_counts = worker_counts
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(jobs_table.c.state, jobs_table.c.kind, sa.func.count()).group_by(
-                    jobs_table.c.state, jobs_table.c.kind
-                )
-            ).all()
-        counts = {(state, kind): 0 for state in JOB_STATES for kind in JOB_KINDS}
-        counts.update({(state, kind): int(count) for state, kind, count in rows})
+        counts = self.store.counts_by_kind()
         jobs = GaugeMetricFamily(
             "atelier_jobs", "Jobs in the queue table by state and kind", labels=["state", "kind"]
         )
@@ -68,7 +61,7 @@ class StudioMetrics:
 
     def __init__(
         self,
-        store: SqlJobStore,
+        store: JobStore,
         *,
         worker_counts: Callable[[], dict[str, int]] | None = None,
         clock: Callable[[], datetime] = utc_now,
@@ -103,23 +96,7 @@ class StudioMetrics:
 
     def observe_finished(self) -> int:
         """Add jobs that finished since the last call to the histograms; return how many."""
-        columns = (
-            jobs_table.c.id,
-            jobs_table.c.kind,
-            jobs_table.c.state,
-            jobs_table.c.created_at,
-            jobs_table.c.started_at,
-            jobs_table.c.finished_at,
-        )
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(*columns)
-                .where(
-                    jobs_table.c.state.in_(sorted(FINISHED_STATES)),
-                    jobs_table.c.finished_at >= self._since,
-                )
-                .order_by(jobs_table.c.finished_at)
-            ).all()
+        rows = self.store.finished_since(self._since)
         observed = 0
         newest = self._since
         seen_at_newest: set[str] = set(self._seen_at_since)

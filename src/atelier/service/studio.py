@@ -19,7 +19,8 @@ from atelier.errors import AtelierError
 from atelier.service.config import StudioConfig
 from atelier.service.controlnets import CONTROLNET_PREFIX
 from atelier.service.database import open_database
-from atelier.service.jobs import SqlJobStore
+from atelier.service.job_store import SqlJobStore
+from atelier.service.jobs import JobStore
 from atelier.service.ledger import Ledger
 from atelier.service.modelfiles import FOLDER_MODEL_MARKER, folder_version, upload_folder
 from atelier.service.registry import ModelRecord, ModelRegistry, StudioSettings, inspect_model
@@ -36,7 +37,7 @@ class Studio:
 
     config: StudioConfig
     database: Engine
-    store: SqlJobStore
+    store: JobStore
     ledger: Ledger
     registry: ModelRegistry
     settings: StudioSettings
@@ -60,16 +61,19 @@ class Studio:
 
     @classmethod
     def _with(cls, config: StudioConfig, database: Engine, storage: Storage) -> Studio:
+        store = SqlJobStore(database)
+        settings = StudioSettings(database)
         return cls(
             config=config,
             database=database,
-            store=SqlJobStore(database),
+            store=store,
             ledger=Ledger(database),
             registry=ModelRegistry(database),
-            settings=StudioSettings(database),
+            settings=settings,
             keys=ApiKeyStore(database),
             webhooks=WebhookDeliveries(
-                database,
+                store,
+                settings,
                 attempts=config.webhook_attempts,
                 backoff_seconds=config.webhook_backoff_seconds,
                 timeout_seconds=config.webhook_timeout_seconds,

@@ -218,8 +218,6 @@ def _submit(
         webhook_url=webhook_url,
         job_id=job_id,
     )
-    if webhook_url:
-        studio.webhooks.expect(job.id, webhook_url)
     return job
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from atelier.service.config import StudioConfig
 from atelier.service.database import utc_now
-from atelier.service.jobs import SqlJobStore
+from atelier.service.jobs import JobStore
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class WorkerSupervisor:
 
     def __init__(
         self,
-        store: SqlJobStore,
+        store: JobStore,
         *,
         min_workers: int,
         max_workers: int,

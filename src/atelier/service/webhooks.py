@@ -1,7 +1,7 @@
 """Webhooks: a URL per job, called once the job has finished, retried with exponential backoff.
 
-When a job with a webhook is submitted, a delivery row is written next to it. A dispatcher (running in
-``atelier serve``) picks deliveries whose job has finished, POSTs the job as JSON, and on failure (connection
+When a job with a webhook is submitted, the job store writes a delivery row with it, in the same transaction. A
+dispatcher (running in ``atelier serve``) picks deliveries whose job has finished, POSTs the job as JSON, and on failure (connection
 error, timeout, 5xx, 408, 429) tries again after 1 s, 2 s, 4 s, ... until the attempts run out. Several
 dispatchers may run against one database: each takes a delivery with a short lease before sending, so a
 finished job is announced once (at least once if a dispatcher dies in the middle of a request).
@@ -36,56 +36,22 @@ import secrets
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
 
 from atelier import __version__
 from atelier.errors import AtelierError
 from atelier.service.config import LOOPBACK_NAMES
-from atelier.service.database import UtcDateTime, metadata, migrate, utc_now, write_engine
-from atelier.service.jobs import FINISHED_STATES, jobs_table
+from atelier.service.database import utc_now
+from atelier.service.jobs import Delivery, Job, JobStore
 from atelier.service.registry import StudioSettings
 
 logger = logging.getLogger(__name__)
 
-DELIVERY_STATES = ("waiting", "delivered", "failed")
 MAX_BACKOFF_SECONDS = 600.0
 RETRIED_STATUSES = frozenset({408, 425, 429})
-
-deliveries_table = sa.Table(
-    "webhook_deliveries",
-    metadata,
-    sa.Column("job_id", sa.String(64), primary_key=True),
-    sa.Column("url", sa.Text, nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False),
-    sa.Column("next_attempt_at", UtcDateTime, nullable=False),
-    sa.Column("last_status", sa.Integer),
-    sa.Column("last_error", sa.Text),
-    sa.Column("created_at", UtcDateTime, nullable=False),
-    sa.Column("delivered_at", UtcDateTime),
-    sa.Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
-)
-
-
-@dataclass(frozen=True)
-class Delivery:
-    job_id: str
-    url: str
-    state: str
-    attempts: int
-    next_attempt_at: datetime
-    last_status: int | None
-    last_error: str | None
-    created_at: datetime
-    delivered_at: datetime | None
-
 
 Sender = Callable[[str, bytes, dict[str, str], float], int]
 SECRET_SETTING = "webhook_secret"
@@ -202,7 +168,8 @@ class WebhookDeliveries:
 
     def __init__(
         self,
-        engine: Engine,
+        store: JobStore,
+        settings: StudioSettings,
         *,
         attempts: int = 6,
         backoff_seconds: float = 1.0,
@@ -211,16 +178,14 @@ class WebhookDeliveries:
         send: Sender | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
-        self.engine = engine
-        self._write_engine = write_engine(engine)
+        self.store = store
         self.attempts = attempts
         self.backoff_seconds = backoff_seconds
         self.timeout_seconds = timeout_seconds
         self.allow_private = allow_private
         self._send = send or pinned_post(allow_private)
         self._clock = clock
-        self._settings = StudioSettings(engine)
-        migrate(engine)
+        self._settings = settings
 
     def check_url(self, url: object) -> str:
         """Refuse, at submission, a webhook URL that could never be delivered (see the module docstring)."""
@@ -235,94 +200,31 @@ class WebhookDeliveries:
         self._settings.insert_if_missing(SECRET_SETTING, new_secret())
         return str(self._settings.get(SECRET_SETTING))
 
-    def expect(self, job_id: str, url: str) -> None:
-        """Record that ``job_id`` must be announced to ``url`` once it finishes."""
-        now = self._clock()
-        insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
-        with self.engine.begin() as conn:
-            conn.execute(
-                insert(deliveries_table)
-                .values(
-                    job_id=job_id,
-                    url=url,
-                    state="waiting",
-                    attempts=0,
-                    next_attempt_at=now,
-                    last_status=None,
-                    last_error=None,
-                    created_at=now,
-                    delivered_at=None,
-                )
-                .on_conflict_do_nothing()
-            )
-
     def get(self, job_id: str) -> Delivery | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(deliveries_table).where(deliveries_table.c.job_id == job_id)
-            ).one_or_none()
-        return None if row is None else Delivery(**row._mapping)
-
-    def _take_due(self, limit: int) -> list[tuple[Delivery, dict[str, Any]]]:
-        """Lease up to ``limit`` due deliveries of finished jobs to this dispatcher; return them with their jobs."""
-        now = self._clock()
-        finished = jobs_table.c.state.in_(sorted(FINISHED_STATES))
-        query = (
-            sa.select(deliveries_table.c.job_id)
-            .join(jobs_table, jobs_table.c.id == deliveries_table.c.job_id)
-            .where(deliveries_table.c.state == "waiting", deliveries_table.c.next_attempt_at <= now, finished)
-            .order_by(deliveries_table.c.next_attempt_at)
-            .limit(limit)
-        )
-        # A read-only look first, so an idle dispatcher never takes SQLite's write lock.
-        with self.engine.connect() as conn:
-            if conn.execute(query).first() is None:
-                return []
-        with self._write_engine.begin() as conn:
-            ids = list(conn.execute(query.with_for_update(of=deliveries_table, skip_locked=True)).scalars())
-            if not ids:
-                return []
-            # The lease: other dispatchers skip these until the request has had time to finish.
-            conn.execute(
-                deliveries_table.update()
-                .where(deliveries_table.c.job_id.in_(ids))
-                .values(
-                    attempts=deliveries_table.c.attempts + 1,
-                    next_attempt_at=now + timedelta(seconds=self.timeout_seconds * 2 + 5),
-                )
-            )
-            rows = conn.execute(
-                sa.select(deliveries_table, jobs_table)
-                .join(jobs_table, jobs_table.c.id == deliveries_table.c.job_id)
-                .where(deliveries_table.c.job_id.in_(ids))
-            ).all()
-        taken = []
-        for row in rows:
-            values = row._mapping
-            delivery = Delivery(**{column.name: values[column] for column in deliveries_table.c})
-            job = {
-                "id": values[jobs_table.c.id],
-                "kind": values[jobs_table.c.kind],
-                "state": values[jobs_table.c.state],
-                "error": values[jobs_table.c.error],
-                "result": values[jobs_table.c.result],
-                "attempts": values[jobs_table.c.attempts],
-                "created_at": _iso(values[jobs_table.c.created_at]),
-                "started_at": _iso(values[jobs_table.c.started_at]),
-                "finished_at": _iso(values[jobs_table.c.finished_at]),
-            }
-            taken.append((delivery, job))
-        return taken
+        """The delivery of ``job_id``'s webhook (written with the job by the store), if it has one."""
+        return self.store.delivery(job_id)
 
     def deliver_due(self, limit: int = 20) -> int:
         """Send every due delivery (up to ``limit``); return how many were attempted."""
-        taken = self._take_due(limit)
+        # Held long enough for the request to finish before another dispatcher may take it.
+        taken = self.store.take_due_deliveries(limit, hold_seconds=self.timeout_seconds * 2 + 5)
         for delivery, job in taken:
             self._deliver(delivery, job)
         return len(taken)
 
-    def _deliver(self, delivery: Delivery, job: dict[str, Any]) -> None:
-        body = json.dumps({"event": "job.finished", "job": job}, separators=(",", ":")).encode("utf-8")
+    def _deliver(self, delivery: Delivery, job: Job) -> None:
+        announced = {
+            "id": job.id,
+            "kind": job.kind,
+            "state": job.state,
+            "error": job.error,
+            "result": job.result,
+            "attempts": job.attempts,
+            "created_at": _iso(job.created_at),
+            "started_at": _iso(job.started_at),
+            "finished_at": _iso(job.finished_at),
+        }
+        body = json.dumps({"event": "job.finished", "job": announced}, separators=(",", ":")).encode("utf-8")
         message_id = f"msg_{delivery.job_id}"
         timestamp = int(self._clock().timestamp())
         headers = {
@@ -369,10 +271,7 @@ class WebhookDeliveries:
                     error,
                 )
             values.update(last_status=status, last_error=error)
-        with self.engine.begin() as conn:
-            conn.execute(
-                deliveries_table.update().where(deliveries_table.c.job_id == delivery.job_id).values(**values)
-            )
+        self.store.record_delivery(delivery.job_id, **values)
 
     def run(self, stop: threading.Event, interval: float) -> None:
         """Deliver until ``stop`` is set (for a background thread)."""

@@ -36,7 +36,7 @@ import sqlalchemy as sa
 
 from atelier.errors import AtelierError
 from atelier.service.failures import describe_failure, is_transient, server_roots
-from atelier.service.jobs import JOB_KINDS, Job, SqlJobStore, jobs_table
+from atelier.service.jobs import JOB_KINDS, Job, JobStore
 from atelier.service.modelfiles import ModelFiles
 from atelier.service.registry import ModelRecord, check_model_name, inspect_model
 from atelier.service.studio import Studio
@@ -98,7 +98,7 @@ class JobLease:
 
     def __init__(
         self,
-        store: SqlJobStore,
+        store: JobStore,
         job: Job,
         worker_id: str,
         *,
@@ -273,13 +273,7 @@ class Worker:
 
     def _claim_if_queued(self) -> Job | None:
         # A read-only look first: polling with claim() itself would take SQLite's write lock every time.
-        with self.store.engine.connect() as conn:
-            waiting = conn.execute(
-                sa.select(jobs_table.c.seq)
-                .where(jobs_table.c.state == "queued", jobs_table.c.kind.in_(self.kinds))
-                .limit(1)
-            ).first()
-        if waiting is None:
+        if not self.store.has_queued(self.kinds):
             return None
         return self.store.claim(self.worker_id, kinds=self.kinds, lease_seconds=self.config.lease_seconds)
 

@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -27,8 +26,9 @@ from atelier.errors import (
     NotFoundError,
     UnsafeFileError,
 )
+from atelier.service.database import utc_now
 from atelier.service.failures import public_text, server_roots
-from atelier.service.jobs import FINISHED_STATES, Job, SqlJobStore, jobs_table, utc_now
+from atelier.service.jobs import FINISHED_STATES, Job, JobStore
 from atelier.service.security import OPEN_STUDIO, AccessPolicy, Caller, key_from_headers
 
 logger = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def require_admin(request: Request, action: str) -> None:
         )
 
 
-def visible_job(store: SqlJobStore, caller: Caller, job_id: str) -> Job:
+def visible_job(store: JobStore, caller: Caller, job_id: str) -> Job:
     """The job, if the caller may see it (its own, or any for an admin); 404 as for a job that does not exist,
     so that ids of other people's jobs cannot be probed."""
     job = store.get(job_id)
@@ -329,7 +329,7 @@ class JobWaiter:
     """
 
     def __init__(
-        self, store: SqlJobStore, *, poll_seconds: float = 0.01, max_poll_seconds: float = 0.25
+        self, store: JobStore, *, poll_seconds: float = 0.01, max_poll_seconds: float = 0.25
     ) -> None:
         self.store = store
         self.poll_seconds = poll_seconds
@@ -359,15 +359,7 @@ class JobWaiter:
 
     def _check(self, job_ids: list[str]) -> tuple[list[Job], float]:
         """The finished jobs among ``job_ids``, and how long to wait before looking again."""
-        columns = (
-            jobs_table.c.id,
-            jobs_table.c.state,
-            jobs_table.c.progress_step,
-            jobs_table.c.progress_total,
-            jobs_table.c.started_at,
-        )
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(sa.select(*columns).where(jobs_table.c.id.in_(job_ids))).all()
+        rows = self.store.statuses(job_ids)
         finished = [self.store.get(row.id) for row in rows if row.state in FINISHED_STATES]
         now = utc_now()
         wait = self.max_poll_seconds
