@@ -11,11 +11,12 @@ from PIL import Image
 from studio_helpers import fast_config, install_checkpoint, make_lora, new_worker, running_worker, wait_for
 
 from atelier.errors import AtelierError, NotFoundError
+from atelier.service.handlers.generate import output_key
 from atelier.service.job_store import SqlJobStore
+from atelier.service.lease import JobLease
 from atelier.service.registry import inspect_model
 from atelier.service.studio import Studio
 from atelier.service.submit import prepare_generation, submit_generation
-from atelier.service.worker import JobLease, output_key
 
 SMALL = {"prompt": "a red bottle on a table", "steps": 2, "width": 64, "height": 64, "seed": 1234}
 
@@ -264,3 +265,11 @@ def test_an_infrastructure_fault_is_retried(studio, monkeypatch):
     assert not is_transient(FileNotFoundError(2, "No such file or directory"))
     assert not is_transient(ValueError("bad value"))
     assert not is_transient(AtelierError("a user error"))
+
+
+def test_every_job_kind_has_a_handler_and_typed_records():
+    from atelier.service.handlers import HANDLERS
+    from atelier.service.job_types import PAYLOAD_TYPES, RESULT_TYPES
+    from atelier.service.jobs import JOB_KINDS
+
+    assert set(HANDLERS) == set(PAYLOAD_TYPES) == set(RESULT_TYPES) == set(JOB_KINDS)

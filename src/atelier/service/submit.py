@@ -22,6 +22,7 @@ from PIL import Image
 
 from atelier.errors import AtelierError, UnsafeFileError
 from atelier.files import TEMP_PREFIX, parse_toml
+from atelier.service.job_types import GeneratePayload, TrainPayload
 from atelier.service.jobs import Job
 from atelier.service.registry import ModelRecord
 from atelier.service.security import check_pixels
@@ -175,35 +176,39 @@ def submit_generation(
     priority: int = 0,
     owner: str | None = None,
     webhook_url: str | None = None,
-    extra: Mapping[str, Any] | None = None,
+    origin: str | None = None,
 ) -> Job:
-    """Store the request's images and queue the generate job."""
+    """Store the request's images and queue the generate job (``origin``: which API queued it)."""
     check_webhook(studio, webhook_url)
     job_id = uuid.uuid4().hex
-    payload: dict[str, Any] = {
-        "request": prepared.params,
-        "model": prepared.model.name,
-        "refiner": prepared.refiner.name if prepared.refiner else None,
-        "loras": [record.name for record in prepared.loras],
-        "mode": prepared.mode,
-        **(extra or {}),
-    }
+    keys: dict[str, str] = {}
     for name, image in (("init_image", prepared.init_image), ("mask", prepared.mask)):
         if image is not None:
             key = f"outputs/{job_id}/inputs/{name}.png"
             studio.storage.put_bytes(key, _png(image))
-            payload[f"{name}_key"] = key
+            keys[f"{name}_key"] = key
+    units = None
     if prepared.controlnet_units:
         from atelier.service.controlnets import store_units
 
-        payload["controlnet_units"] = store_units(studio.storage, job_id, prepared.controlnet_units)
+        units = store_units(studio.storage, job_id, prepared.controlnet_units)
+    payload = GeneratePayload(
+        request=prepared.params,
+        model=prepared.model.name,
+        refiner=prepared.refiner.name if prepared.refiner else None,
+        loras=[record.name for record in prepared.loras],
+        mode=prepared.mode,
+        controlnet_units=units,
+        origin=origin,
+        **keys,
+    )
     return _submit(studio, "generate", payload, job_id, priority, owner, webhook_url)
 
 
 def _submit(
     studio: Studio,
     kind: str,
-    payload: dict[str, Any],
+    payload: GeneratePayload | TrainPayload,
     job_id: str,
     priority: int,
     owner: str | None,
@@ -211,7 +216,7 @@ def _submit(
 ) -> Job:
     job = studio.store.submit(
         kind,
-        payload,
+        payload.model_dump(mode="json"),
         priority=priority,
         owner=owner,
         max_attempts=studio.config.max_attempts,
@@ -383,12 +388,12 @@ def submit_training(
         with _local_copy(studio, training_data) as local:
             check_training_archive(local, zip_name, settings)
     wanted = settings.get("output_name") or zip_name.removesuffix(".zip")
-    payload = {
-        "training_data": training_data,
-        "config": settings,
-        "config_key": config_key,
-        "base": base_record.name,
-        "preset": preset,
-        "output_name": training_output_name(studio, wanted, training_data),
-    }
+    payload = TrainPayload(
+        training_data=training_data,
+        config=settings,
+        config_key=config_key,
+        base=base_record.name,
+        preset=preset,
+        output_name=training_output_name(studio, wanted, training_data),
+    )
     return _submit(studio, "train", payload, uuid.uuid4().hex, priority, owner, webhook_url)

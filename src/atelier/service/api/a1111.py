@@ -28,6 +28,7 @@ from atelier import __version__
 from atelier.errors import AtelierError, JobFailedError, JobTimeoutError, NotFoundError
 from atelier.service.api.common import request_caller, request_owner, require_admin
 from atelier.service.config import is_loopback_host
+from atelier.service.job_types import GenerateResult
 from atelier.service.jobs import Job
 from atelier.service.registry import ModelRecord
 from atelier.service.security import decode_image
@@ -336,8 +337,8 @@ def _controlnet_units(studio: Studio, body: _ProcessingRequest) -> list[Any]:
 
 def _info(job: Job, prepared: PreparedGeneration, body: _ProcessingRequest) -> str:
     """A1111's ``Processed.js()`` for a finished job."""
-    result = job.result or {}
-    seeds = result.get("seeds") or []
+    result = GenerateResult.model_validate(job.result) if job.state == "succeeded" else None
+    seeds = result.seeds if result else []
     params = prepared.params
     count = len(seeds)
     info = {
@@ -367,7 +368,7 @@ def _info(job: Job, prepared: PreparedGeneration, body: _ProcessingRequest) -> s
         "denoising_strength": params.get("denoising_strength") if prepared.mode != "txt2img" else None,
         "extra_generation_params": {"Schedule type": params["schedule_type"]},
         "index_of_first_image": 0,
-        "infotexts": result.get("infotexts") or [],
+        "infotexts": result.infotexts if result else [],
         "styles": body.styles or [],
         "job_timestamp": job.created_at.astimezone(UTC).strftime("%Y%m%d%H%M%S"),
         "clip_skip": params["clip_skip"],
@@ -385,9 +386,7 @@ async def _run(
     try:
         prepared = await run_in_threadpool(prepare, studio, body)
         job = await run_in_threadpool(
-            lambda: submit_generation(
-                studio, prepared, owner=request_owner(request), extra={"origin": "a1111"}
-            )
+            lambda: submit_generation(studio, prepared, owner=request_owner(request), origin="a1111")
         )
     except AtelierError as problem:
         raise _translate(problem) from None
@@ -407,7 +406,7 @@ async def _run(
         raise JobFailedError(f"job {job.id} failed: {job.error}", field="job_id")
     images = []
     if job.state == "succeeded" and body.send_images:
-        keys = [image["key"] for image in (job.result or {}).get("images", [])]
+        keys = [image.key for image in GenerateResult.model_validate(job.result).images]
         contents = await run_in_threadpool(lambda: [studio.storage.get_bytes(key) for key in keys])
         images = [base64.b64encode(content).decode("ascii") for content in contents]
     parameters = body.model_dump()

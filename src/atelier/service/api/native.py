@@ -32,6 +32,7 @@ from atelier.service.api.common import (
 from atelier.service.config import StudioConfig
 from atelier.service.controlnets import parse_units
 from atelier.service.events import job_events, job_progress
+from atelier.service.job_types import GenerateResult, TrainResult
 from atelier.service.jobs import MAX_PRIORITY, Job
 from atelier.service.registry import check_model_name, inspect_model, model_name_for_key
 from atelier.service.security import decode_image
@@ -233,7 +234,7 @@ def build_native_router(config: StudioConfig) -> APIRouter:
             priority=body.priority,
             owner=request_owner(request),
             webhook_url=body.webhook_url,
-            extra={"origin": "api"},
+            origin="api",
         )
         return job_view(studio, job)
 
@@ -303,18 +304,21 @@ def build_native_router(config: StudioConfig) -> APIRouter:
     @router.get("/jobs/{job_id}/results", summary="A job's images (or trained model) with download URLs")
     def job_results(job_id: str, request: Request, studio: StudioDep) -> dict[str, Any]:
         job = visible_job(studio.store, request_caller(request), job_id)
-        result = job.result or {}
         out: dict[str, Any] = {"id": job.id, "kind": job.kind, "state": job.state, "error": job.error}
         if job.kind == "generate":
+            images = GenerateResult.model_validate(job.result).images if job.state == "succeeded" else []
             out["images"] = [
-                {**image, "url": _file_url(image["key"]), "sidecar_url": _file_url(image["sidecar"])}
-                for image in result.get("images", [])
+                {**image.model_dump(), "url": _file_url(image.key), "sidecar_url": _file_url(image.sidecar)}
+                for image in images
             ]
         else:
-            out["model"] = result.get("model")
-            out["samples"] = [{"key": key, "url": _file_url(key)} for key in result.get("samples", [])]
-            if result.get("summary"):
-                out["summary_url"] = _file_url(result["summary"])
+            trained = (
+                TrainResult.model_validate(job.result) if job.state == "succeeded" else TrainResult(model={})
+            )
+            out["model"] = trained.model or None
+            out["samples"] = [{"key": key, "url": _file_url(key)} for key in trained.samples]
+            if trained.summary:
+                out["summary_url"] = _file_url(trained.summary)
         return out
 
     @router.get("/files/{key:path}", summary="Download a file from the outputs bucket")

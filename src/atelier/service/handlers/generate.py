@@ -1,0 +1,148 @@
+"""The generate job: a generation request run on the worker's warm engine, images and sidecars stored.
+
+Outputs are idempotent: images are stored as ``outputs/<job id>/<seed>_<timestamp>.png`` where the timestamp is
+the job's creation time and the seed is fixed when the job is submitted, so a job that runs twice overwrites
+its files instead of adding new ones.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+from datetime import UTC
+from typing import Any
+
+from atelier.service.handlers.context import WorkerContext
+from atelier.service.job_types import GeneratedImage, GeneratePayload, GenerateResult
+from atelier.service.jobs import Job
+from atelier.service.lease import JobInterrupted, JobLease
+
+
+def seed_for_job(job_id: str) -> int:
+    """A seed derived from the job id, for jobs submitted with seed -1 outside the API: reruns stay identical."""
+    return int(uuid.uuid5(uuid.NAMESPACE_URL, f"atelier-job:{job_id}").hex[:8], 16)
+
+
+def output_key(job: Job, seed: int) -> str:
+    """Where an image of ``job`` is stored: ``outputs/<job id>/<seed>_<job timestamp>.png``."""
+    from atelier.engine.output import output_filename
+
+    # The job's creation time (not the run's), in UTC, keeps names identical when the job runs again anywhere.
+    return f"outputs/{job.id}/{output_filename(seed, job.created_at.astimezone(UTC))}"
+
+
+def png_bytes(image: Any, infotext: str) -> bytes:
+    """The image as PNG with A1111's ``parameters`` text chunk."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", infotext)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def run_generate(worker: WorkerContext, job: Job, lease: JobLease) -> GenerateResult:
+    """Run a generate job on the worker's engine; store each image (PNG with infotext) and its JSON sidecar."""
+    from atelier.engine.generate import GenerationCanceled
+    from atelier.engine.request import GenerationRequest
+    from atelier.prompts.parser import parse_prompt
+
+    payload = GeneratePayload.model_validate(job.payload)
+    params = dict(payload.request)
+    checkpoint = worker.registry.find_checkpoint(payload.model)
+    refiner = worker.registry.find_checkpoint(payload.refiner, field="refiner") if payload.refiner else None
+    lora_names = {tag.name for tag in parse_prompt(params.get("prompt", "")).loras}
+    if params.get("refiner_prompt"):
+        lora_names |= {tag.name for tag in parse_prompt(params["refiner_prompt"]).loras}
+    worker.files.place_loras(worker.registry.get(name, "lora") for name in sorted(lora_names))
+    if params.get("seed", -1) == -1:
+        params["seed"] = seed_for_job(job.id)
+    images = {
+        name: _load_input(worker, key)
+        for name, key in (("init_image", payload.init_image_key), ("mask", payload.mask_key))
+        if key
+    }
+    controlnet_units = []
+    if payload.controlnet_units:
+        from atelier.service.controlnets import controlnet_library, load_units
+
+        # Refreshes the S3 mirror too, so a ControlNet uploaded after this worker started is found.
+        worker.engine.controlnets = controlnet_library(worker.storage, worker.config.cache_dir)
+        controlnet_units = load_units(worker.storage, payload.controlnet_units)
+    request = GenerationRequest(
+        **params,
+        model=str(worker.files.local_path(checkpoint)),
+        refiner=str(worker.files.local_path(refiner)) if refiner else None,
+        controlnet_units=controlnet_units,
+        **images,
+    )
+    started = time.monotonic()
+    try:
+        result = worker.engine.generate(
+            request,
+            on_step=lambda done, total: lease.report(done, total),
+            should_cancel=lease.should_stop,
+        )
+    except GenerationCanceled:
+        raise JobInterrupted() from None
+    generated = time.monotonic()
+    shown_params = {
+        **request.to_params(),
+        "model": checkpoint.name,
+        "refiner": refiner.name if refiner else None,
+    }
+    stored: list[GeneratedImage] = []
+    for index, item in enumerate(result.images):
+        key = output_key(job, item.seed)
+        sidecar_key = key.removesuffix(".png") + ".json"
+        worker.storage.put_bytes(key, png_bytes(item.image, item.infotext))
+        sidecar = {
+            "job_id": job.id,
+            "index": index,
+            "seed": item.seed,
+            "image": key,
+            "width": item.image.width,
+            "height": item.image.height,
+            "params": {**shown_params, "seed": params["seed"]},
+            "infotext": item.infotext,
+            "infotext_params": item.params,
+            "model": {
+                "name": checkpoint.name,
+                "sha256": checkpoint.sha256,
+                "storage_key": checkpoint.storage_key,
+            },
+            "created_at": job.created_at.isoformat(),
+        }
+        worker.storage.put_bytes(sidecar_key, json.dumps(sidecar, indent=2, default=str).encode("utf-8"))
+        stored.append(
+            GeneratedImage(
+                key=key,
+                sidecar=sidecar_key,
+                seed=item.seed,
+                width=item.image.width,
+                height=item.image.height,
+                infotext=item.infotext,
+            )
+        )
+    return GenerateResult(
+        images=stored,
+        seeds=[item.seed for item in stored],
+        infotexts=[item.infotext for item in stored],
+        model={"name": checkpoint.name, "title": checkpoint.title, "sha256": checkpoint.sha256},
+        params={**shown_params, "seed": params["seed"]},
+        timings={
+            "generate_seconds": round(generated - started, 4),
+            "store_seconds": round(time.monotonic() - generated, 4),
+        },
+    )
+
+
+def _load_input(worker: WorkerContext, key: str) -> Any:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(worker.storage.get_bytes(key))) as image:
+        image.load()
+        return image.copy()
