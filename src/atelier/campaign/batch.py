@@ -41,13 +41,19 @@ import httpx
 from PIL import Image, UnidentifiedImageError
 
 from atelier.campaign.contact_sheet import MANIFEST_NAME
-from atelier.engine.generate import Engine, GeneratedImage
-from atelier.engine.infotext import parse_infotext, read_infotext
-from atelier.engine.library import check_name
-from atelier.engine.models import display_name, model_sha256
-from atelier.engine.output import save_image
-from atelier.engine.request import INPAINTING_FILL_MODES, GenerationRequest
-from atelier.engine.samplers import resolve_sampler
+from atelier.engine import (
+    INPAINTING_FILL_MODES,
+    Engine,
+    GeneratedImage,
+    GenerationRequest,
+    check_name,
+    display_name,
+    model_sha256,
+    parse_infotext,
+    read_infotext,
+    resolve_sampler,
+    save_image,
+)
 from atelier.errors import AtelierError
 from atelier.files import read_toml, write_text_atomic
 

@@ -27,7 +27,7 @@ from urllib.parse import quote
 from PIL import Image, ImageDraw, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from atelier.campaign.text import BUNDLED_FAMILIES, DEFAULT_FAMILY, FittedText, draw_fitted_text, fit_text
-from atelier.engine.infotext import parse_infotext, read_infotext
+from atelier.engine import parse_infotext, read_infotext
 from atelier.errors import AtelierError, NotFoundError, UnsafeFileError
 from atelier.files import write_atomic, write_text_atomic
 

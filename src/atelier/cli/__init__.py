@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = bool(os.environ.get("ATELIER_DEBUG"))
     try:
         if getattr(args, "uses_models", False):
-            from atelier.engine.versions import check_libraries
+            from atelier.engine import check_libraries
 
             check_libraries()
         return int(args.func(args) or 0)

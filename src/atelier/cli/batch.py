@@ -70,9 +70,7 @@ def run(args: argparse.Namespace) -> int:
         api_key = args.api_key or os.environ.get(API_KEY_VARIABLE) or None
         backend = StudioBackend(args.server, args.model, api_key=api_key, timeout=args.timeout)
     else:
-        from atelier.engine.generate import Engine
-        from atelier.engine.library import ModelLibrary
-        from atelier.engine.models import detect_architecture
+        from atelier.engine import Engine, ModelLibrary, detect_architecture
 
         model_path = ModelLibrary(args.models_dir).resolve(args.model)
         detect_architecture(model_path)  # refuses pickles and non-checkpoints before any work

@@ -48,7 +48,7 @@ def writable_folder(path: str | os.PathLike[str], *, what: str) -> Path:
 def lora_library(lora_dir: Path | None, models_dir: Path):
     """The LoRA folder (default: the models folder, then the runs of `atelier train`'s default --out, so a LoRA
     just trained is usable by its name)."""
-    from atelier.engine.loras import LoraLibrary
+    from atelier.engine import LoraLibrary
 
     if lora_dir is not None:
         return LoraLibrary(lora_dir)

@@ -106,12 +106,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from atelier.engine.generate import Engine
-    from atelier.engine.library import ModelLibrary
-    from atelier.engine.models import detect_architecture
-    from atelier.engine.output import save_image
-    from atelier.engine.request import GenerationRequest
-    from atelier.engine.samplers import resolve_sampler
+    from atelier.engine import (
+        Engine,
+        GenerationRequest,
+        ModelLibrary,
+        detect_architecture,
+        resolve_sampler,
+        save_image,
+    )
 
     # Cheap checks first, so a typo does not wait for torch and a model to load.
     resolve_sampler(args.sampler, args.schedule_type)
@@ -185,8 +187,14 @@ _RESIZE_MODES = {"resize": 0, "crop": 1, "fill": 2}
 
 def _control_units(args: argparse.Namespace) -> list:
     """--control / --control-model / --control-mode / --control-resize as ControlNet units, checked cheaply."""
-    from atelier.engine.controlnet import ControlNetLibrary, ControlUnit, detect_controlnet_architecture
-    from atelier.engine.preprocessors import canonical_module, model_folder, needs_model
+    from atelier.engine import (
+        ControlNetLibrary,
+        ControlUnit,
+        canonical_module,
+        detect_controlnet_architecture,
+        model_folder,
+        needs_model,
+    )
 
     count = len(args.control)
     if len(args.control_model) != count:

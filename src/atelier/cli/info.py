@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from PIL import UnidentifiedImageError
 
-    from atelier.engine.infotext import parse_infotext, read_infotext
+    from atelier.engine import parse_infotext, read_infotext
 
     if not args.image.is_file():
         raise AtelierError(f"image not found: {args.image}")

@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_create_tiny(args: argparse.Namespace) -> int:
     from atelier.cli.common import quiet_libraries
-    from atelier.engine.tiny import create_tiny_model
+    from atelier.engine import create_tiny_model
 
     quiet_libraries()
     path = create_tiny_model(args.arch, args.dir, overwrite=args.overwrite)
@@ -53,8 +53,7 @@ def run_create_tiny(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from atelier.engine.library import ModelLibrary
-    from atelier.engine.models import detect_architecture
+    from atelier.engine import ModelLibrary, detect_architecture
 
     rows = [
         {
@@ -75,7 +74,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from atelier.engine.models import detect_architecture, display_name, model_sha256
+    from atelier.engine import detect_architecture, display_name, model_sha256
 
     arch = detect_architecture(args.path)
     digest = model_sha256(args.path)
@@ -89,8 +88,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     from atelier.cli.common import writable_folder
-    from atelier.engine.convert import save_single_file
-    from atelier.engine.models import detect_architecture
+    from atelier.engine import detect_architecture, save_single_file
 
     arch = detect_architecture(args.dir)
     writable_folder(Path(args.out).parent, what="output")

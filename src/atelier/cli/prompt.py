@@ -166,7 +166,7 @@ def load_tokenizer(directory: Path) -> ClipTokenizer:
 
 def _find_tokenizer(directory: Path | None) -> ClipTokenizer:
     """The tokenizer to count with: the folder given, else the Hugging Face cache's, else the bundled one."""
-    from atelier.engine.tokenizer import CLIP_L_REPO, cached_tokenizer_folder, clip_backend
+    from atelier.engine import CLIP_L_REPO, cached_tokenizer_folder, clip_backend
 
     if directory is not None:
         return load_tokenizer(directory)

@@ -17,7 +17,7 @@ from typing import Any
 
 from atelier.cli.common import DEFAULT_DATA_DIR
 from atelier.errors import AtelierError
-from atelier.training.config import FIELD_NAMES, FIELD_TYPES, PRESETS, TrainConfig
+from atelier.training import FIELD_NAMES, FIELD_TYPES, PRESETS, TrainConfig
 
 # kohya names that are spelled more simply here; the kohya spellings stay accepted as aliases.
 _COVERED = ("pretrained_model_name_or_path", "output_dir")
@@ -102,7 +102,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from atelier.training.config import load_train_config
+    from atelier.training import load_train_config
 
     config = load_train_config(args.config, preset=args.preset, overrides=_overrides(args))
     data = args.data or (Path(config.train_data_dir) if config.train_data_dir else None)
@@ -134,7 +134,7 @@ def _train(
     from tqdm import tqdm
 
     from atelier.cli.common import quiet_libraries
-    from atelier.training.recipe import TrainProgress, train_lora
+    from atelier.training import TrainProgress, train_lora
 
     quiet_libraries()
     stop_requested = False

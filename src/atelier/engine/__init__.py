@@ -1,1 +1,152 @@
-"""Generation engine: diffusers pipelines, samplers, masks and A1111-compatible metadata."""
+"""Atelier's generation engine: model files, prompt conditioning, samplers, LoRAs, ControlNet, generation.
+
+A pure library (no web, no database). The layers above (training, campaign, service, cli) use it through the
+names below and nothing else; ``make lint`` checks that. Names load on first use (PEP 562), so
+``from atelier.engine import check_name`` costs nothing while ``Engine`` brings torch and diffusers in: the
+command line stays quick for commands that need no model.
+
+The modules, for reading: ``paths`` (names, pickle refusal, headers), ``architectures``, ``models`` (detect,
+validate, load, hash), ``cache`` (warm models), ``library`` (models in folders by name), ``tokenizer``,
+``tiny``, ``convert``, ``samplers``, ``conditioning``, ``loras``, ``controlnet``, ``preprocessors``,
+``masks``, ``request``, ``generate``, ``infotext``, ``output``, ``versions``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# name -> the module that defines it
+_EXPORTS = {
+    # what a model path may be
+    "PICKLE_SUFFIXES": "paths",
+    "check_name": "paths",
+    "read_safetensors_header": "paths",
+    "refuse_pickle": "paths",
+    # architectures and model files
+    "ARCHITECTURES": "architectures",
+    "CONTROLNET_ARCHITECTURES": "architectures",
+    "DEMO_LABEL": "architectures",
+    "SDXL_ARCHITECTURES": "architectures",
+    "base_family": "architectures",
+    "LoadedModel": "models",
+    "ModelCache": "models",
+    "detect_architecture": "models",
+    "display_name": "models",
+    "load_model": "models",
+    "model_sha256": "models",
+    "safetensors_kind": "models",
+    "validate_safetensors": "models",
+    "DEMO_MODEL_NAME": "library",
+    "ModelLibrary": "library",
+    "create_tiny_model": "tiny",
+    "save_single_file": "convert",
+    "unet_key": "convert",
+    "CLIP_L_REPO": "tokenizer",
+    "cached_tokenizer_folder": "tokenizer",
+    "clip_backend": "tokenizer",
+    "clip_tokenizer": "tokenizer",
+    "check_libraries": "versions",
+    # generation
+    "Engine": "generate",
+    "GeneratedImage": "generate",
+    "GenerationCanceled": "generate",
+    "GenerationRequest": "request",
+    "INPAINTING_FILL_MODES": "request",
+    "SAMPLER_NAMES": "samplers",
+    "SCHEDULE_TYPES": "samplers",
+    "resolve_sampler": "samplers",
+    "supported_schedule_types": "samplers",
+    "DIFFUSERS_LORA_FILE": "loras",
+    "LoraLibrary": "loras",
+    "inspect_lora": "loras",
+    "lora_sha256": "loras",
+    # ControlNet
+    "CONTROL_MODES": "controlnet",
+    "ControlNetLibrary": "controlnet",
+    "ControlUnit": "controlnet",
+    "detect_controlnet_architecture": "controlnet",
+    "MODULES": "preprocessors",
+    "MODULE_ALIASES": "preprocessors",
+    "PROCESSOR_RES_RANGE": "preprocessors",
+    "RESIZE_MODES": "preprocessors",
+    "canonical_module": "preprocessors",
+    "model_folder": "preprocessors",
+    "needs_model": "preprocessors",
+    "preprocess": "preprocessors",
+    # outputs
+    "format_infotext": "infotext",
+    "parse_infotext": "infotext",
+    "read_infotext": "infotext",
+    "write_png": "infotext",
+    "output_filename": "output",
+    "save_image": "output",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:  # the same names, for type checkers and editors
+    from atelier.engine.architectures import (
+        ARCHITECTURES,
+        CONTROLNET_ARCHITECTURES,
+        DEMO_LABEL,
+        SDXL_ARCHITECTURES,
+        base_family,
+    )
+    from atelier.engine.controlnet import (
+        CONTROL_MODES,
+        ControlNetLibrary,
+        ControlUnit,
+        detect_controlnet_architecture,
+    )
+    from atelier.engine.convert import save_single_file, unet_key
+    from atelier.engine.generate import Engine, GeneratedImage, GenerationCanceled
+    from atelier.engine.infotext import format_infotext, parse_infotext, read_infotext, write_png
+    from atelier.engine.library import DEMO_MODEL_NAME, ModelLibrary
+    from atelier.engine.loras import DIFFUSERS_LORA_FILE, LoraLibrary, inspect_lora, lora_sha256
+    from atelier.engine.models import (
+        LoadedModel,
+        ModelCache,
+        detect_architecture,
+        display_name,
+        load_model,
+        model_sha256,
+        safetensors_kind,
+        validate_safetensors,
+    )
+    from atelier.engine.output import output_filename, save_image
+    from atelier.engine.paths import PICKLE_SUFFIXES, check_name, read_safetensors_header, refuse_pickle
+    from atelier.engine.preprocessors import (
+        MODULE_ALIASES,
+        MODULES,
+        PROCESSOR_RES_RANGE,
+        RESIZE_MODES,
+        canonical_module,
+        model_folder,
+        needs_model,
+        preprocess,
+    )
+    from atelier.engine.request import INPAINTING_FILL_MODES, GenerationRequest
+    from atelier.engine.samplers import (
+        SAMPLER_NAMES,
+        SCHEDULE_TYPES,
+        resolve_sampler,
+        supported_schedule_types,
+    )
+    from atelier.engine.tiny import create_tiny_model
+    from atelier.engine.tokenizer import CLIP_L_REPO, cached_tokenizer_folder, clip_backend, clip_tokenizer
+    from atelier.engine.versions import check_libraries

@@ -6,6 +6,7 @@ from pathlib import Path
 
 ARCHITECTURES = ("sd15", "sd15-inpaint", "sdxl", "sdxl-refiner")
 SDXL_ARCHITECTURES = ("sdxl", "sdxl-refiner")
+CONTROLNET_ARCHITECTURES = ("controlnet-sd15", "controlnet-sdxl")
 
 # Written into tiny random-weight models; every place that shows a model shows this label for them.
 DEMO_MARKER = "atelier_demo.json"

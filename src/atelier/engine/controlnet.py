@@ -35,8 +35,6 @@ import math
 import os
 import re
 import tempfile
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -46,13 +44,14 @@ from PIL import Image
 
 from atelier.engine import preprocessors
 from atelier.engine.architectures import config_dir
-from atelier.engine.library import check_name
+from atelier.engine.cache import WarmCache
+from atelier.engine.library import FolderLibrary
+from atelier.engine.paths import PICKLE_SUFFIXES, read_safetensors_header, refuse_pickle
 from atelier.errors import AtelierError, NotFoundError
 from atelier.files import write_atomic
 
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
 DEFAULT_MAX_UNITS = 3
-CONTROLNET_ARCHITECTURES = ("controlnet-sd15", "controlnet-sdxl")
 MAX_WEIGHT = 2.0
 
 # The extension's soft-injection scales, shallowest residual first, middle block last.
@@ -248,8 +247,6 @@ def legacy_hash(path: str | os.PathLike[str]) -> str:
 
 
 def _folder_weights(folder: Path) -> Path:
-    from atelier.engine.models import PICKLE_SUFFIXES, refuse_pickle
-
     weights = folder / _WEIGHTS_FILE
     if weights.is_file():
         return weights
@@ -265,7 +262,6 @@ def _folder_weights(folder: Path) -> Path:
 def controlnet_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The diffusers config of a ControlNet folder or file, read without loading weights."""
     from atelier.engine.convert import CONFIG_METADATA_KEY
-    from atelier.engine.models import read_safetensors_header, refuse_pickle
 
     path = Path(path)
     if not path.exists():
@@ -350,73 +346,52 @@ def check_matches_base(net: LoadedControlNet, unet_config: Any, base_name: str, 
         )
 
 
-class ControlNetCache:
-    """Keeps recently used ControlNets loaded, keyed by (path, device, dtype). Thread-safe, least recently used out."""
+class ControlNetCache(WarmCache[LoadedControlNet]):
+    """ControlNets kept loaded between generations (see :class:`~atelier.engine.cache.WarmCache`)."""
 
     def __init__(self, *, max_models: int = DEFAULT_MAX_UNITS) -> None:
-        self.max_models = max_models
-        self._models: OrderedDict[tuple[str, str, str], LoadedControlNet] = OrderedDict()
-        self._lock = threading.Lock()
-        self.loads = 0  # how many times a ControlNet was actually read from disk
-
-    def get(
-        self, path: str | os.PathLike[str], *, device: str = "cpu", dtype: Any = None
-    ) -> LoadedControlNet:
-        key = (str(Path(path).resolve()), device, str(dtype))
-        with self._lock:
-            if key in self._models:
-                self._models.move_to_end(key)
-                return self._models[key]
-            net = load_controlnet(path, device=device, dtype=dtype)
-            self.loads += 1
-            self._models[key] = net
-            while len(self._models) > self.max_models:
-                self._models.popitem(last=False)
-            return net
+        super().__init__(load_controlnet, max_models=max_models)
 
 
-class ControlNetLibrary:
-    """ControlNets in one folder, by name: ``<root>/<name>/`` (diffusers) or ``<root>/<name>.safetensors``."""
+class ControlNetLibrary(FolderLibrary):
+    """ControlNets in one folder, by name: ``<root>/<name>/`` (diffusers) or ``<root>/<name>.safetensors``.
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
+    ``name [hash]`` (as the extension lists them), ``name.safetensors`` and any capitalisation also work.
+    """
+
+    field = "model"
+    label = "ControlNet model"
+
+    def name_of(self, path: Path) -> str | None:
+        if (path.is_dir() and (path / "config.json").is_file()) or (
+            path.is_file() and path.suffix == ".safetensors"
+        ):
+            return _name(path)
+        return None
+
+    def candidates(self, root: Path, name: str) -> list[Path]:
+        exact = [root / name, root / f"{name}.safetensors"]
+        others = [path for other, path in self.paths().items() if other.lower() == name.lower()]
+        return exact + others
 
     def list(self) -> list[Path]:
-        if not self.root.is_dir():
-            return []
-        found = []
-        for path in sorted(self.root.iterdir(), key=lambda p: p.name.lower()):
-            if path.name.startswith("."):
-                continue
-            if (path.is_dir() and (path / "config.json").is_file()) or (
-                path.is_file() and path.suffix == ".safetensors"
-            ):
-                found.append(path)
-        return found
+        return list(self.paths().values())
 
     def model_list(self) -> list[str]:
         """``name [hash]`` for every ControlNet, as the extension's ``/controlnet/model_list`` gives them."""
-        return [f"{_name(path)} [{legacy_hash(path)}]" for path in self.list()]
+        return [f"{name} [{legacy_hash(path)}]" for name, path in self.paths().items()]
 
     def resolve(self, name: str, *, field: str = "model") -> Path:
-        """The ControlNet called ``name`` (``name [hash]`` and ``name.safetensors`` also work); never outside root."""
-        from atelier.engine.models import PICKLE_SUFFIXES, refuse_pickle
-
+        """The ControlNet called ``name``; never outside its folder."""
         plain = _HASH_SUFFIX.sub("", name.strip()) if isinstance(name, str) else ""
-        plain = check_name(plain.removesuffix(".safetensors"), what="controlnet")
-        for path in (self.root / plain, self.root / f"{plain}.safetensors"):
-            if path.exists():
-                return path
-        for path in self.list():
-            if _name(path).lower() == plain.lower():
-                return path
-        for suffix in PICKLE_SUFFIXES:
-            if (self.root / f"{plain}{suffix}").is_file():
-                refuse_pickle(self.root / f"{plain}{suffix}")
-        available = ", ".join(_name(path) for path in self.list()) or "none"
-        raise NotFoundError(
-            f"unknown ControlNet model {name!r}; available in {self.root}: {available}", field=field
-        )
+        try:
+            return super().resolve(plain.removesuffix(".safetensors"))
+        except AtelierError as problem:
+            raise type(problem)(str(problem), field=field) from None
+
+    def unknown_message(self, name: str) -> str:
+        available = ", ".join(self.names()) or "none"
+        return f"unknown ControlNet model {name!r}; available in {self.root}: {available}"
 
 
 def _name(path: Path) -> str:

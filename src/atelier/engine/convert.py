@@ -212,11 +212,11 @@ def convert_unet(unet: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
     converted = {}
     for key, tensor in unet.items():
-        converted[_unet_key(key, down_stride, up_blocks_with_attention)] = tensor
+        converted[unet_key(key, down_stride, up_blocks_with_attention)] = tensor
     return converted
 
 
-def _unet_key(key: str, down_stride: int, up_blocks_with_attention: set[int]) -> str:
+def unet_key(key: str, down_stride: int, up_blocks_with_attention: set[int]) -> str:
     if match := _DOWN_BLOCK.fullmatch(key):
         level, kind, index, rest = int(match[1]), match[2], int(match[3]), match[4]
         slot = down_stride * level + index + 1

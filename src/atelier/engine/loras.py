@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from atelier.engine.library import check_name
-from atelier.engine.models import read_safetensors_header, refuse_pickle, safetensors_kind
-from atelier.errors import AtelierError, NotFoundError
+from atelier.engine.library import FolderLibrary
+from atelier.engine.models import read_safetensors_header, safetensors_kind
+from atelier.errors import AtelierError
 
 # Cross-attention width of each base family, the surest sign of what a LoRA was trained on.
 _FAMILY_BY_WIDTH = {768: "SD 1.5", 1024: "SD 2.x", 2048: "SDXL", 1280: "SDXL refiner"}
@@ -98,34 +98,32 @@ def inspect_lora(path: Path) -> tuple[str, int | None]:
     return family, width
 
 
-class LoraLibrary:
+class LoraLibrary(FolderLibrary):
     """The LoRAs in a folder, by name: ``<name>.safetensors`` files (kohya, A1111, Civitai) and
     ``<name>/pytorch_lora_weights.safetensors`` folders (diffusers, AutoTrain). A file wins over a folder of
     the same name."""
 
+    field = "lora"
+    label = "LoRA"
+
     def __init__(self, root: str | os.PathLike[str], *, also: Sequence[str | os.PathLike[str]] = ()) -> None:
-        self.root = Path(root)
-        # Further folders searched after ``root`` (the CLI adds its training runs, so a LoRA trained with
-        # `atelier train` is usable by its name at once).
-        self.roots = [self.root, *(Path(folder) for folder in also)]
+        super().__init__(root, also=also)
         self._hashes: dict[tuple[str, float, int], str] = {}
 
-    def _files(self) -> dict[str, Path]:
-        found: dict[str, Path] = {}
-        for root in self.roots:
-            if not root.is_dir():
-                continue
-            for path in sorted(root.iterdir()):
-                if path.name.startswith("."):
-                    continue
-                if path.is_file() and path.suffix == ".safetensors":
-                    found.setdefault(path.stem, path)
-                elif path.is_dir() and (path / DIFFUSERS_LORA_FILE).is_file():
-                    found.setdefault(path.name, path / DIFFUSERS_LORA_FILE)
-        return found
+    def name_of(self, path: Path) -> str | None:
+        if path.is_file() and path.suffix == ".safetensors":
+            return path.stem
+        if path.is_dir() and (path / DIFFUSERS_LORA_FILE).is_file():
+            return path.name
+        return None
 
-    def names(self) -> list[str]:
-        return sorted(self._files())
+    def candidates(self, root: Path, name: str) -> list[Path]:
+        return [root / f"{name}.safetensors", root / name / DIFFUSERS_LORA_FILE]
+
+    def resolve(self, name: str) -> Path:
+        path = super().resolve(name)
+        # A folder name leads to the diffusers file inside it.
+        return path / DIFFUSERS_LORA_FILE if path.is_dir() else path
 
     def list(self) -> list[LoraEntry]:
         entries = []
@@ -135,18 +133,6 @@ class LoraLibrary:
             except AtelierError:
                 continue  # not a LoRA (a checkpoint in the same folder); listed elsewhere
         return entries
-
-    def resolve(self, name: str) -> Path:
-        check_name(name, what="lora")
-        for root in self.roots:
-            for path in (root / f"{name}.safetensors", root / name / DIFFUSERS_LORA_FILE):
-                if path.is_file():
-                    return path
-            pickle = root / f"{name}.ckpt"
-            if pickle.exists():
-                refuse_pickle(pickle)
-        available = ", ".join(self.names()) or "none"
-        raise NotFoundError(f"unknown LoRA {name!r}; available: {available}", field="lora")
 
     def entry(self, name: str) -> LoraEntry:
         path = self.resolve(name)

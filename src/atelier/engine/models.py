@@ -11,10 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 import tempfile
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,12 +23,11 @@ from atelier.engine.architectures import (
     config_dir,
     from_diffusers_model_type,
 )
+from atelier.engine.cache import WarmCache
 from atelier.engine.convert import write_embedded_configs
+from atelier.engine.paths import PICKLE_SUFFIXES, read_safetensors_header, refuse_pickle
 from atelier.engine.tokenizer import tokenizers_for_single_file
-from atelier.errors import AtelierError, NotFoundError, UnsafeFileError
-
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".bin", ".pth", ".pkl", ".pickle")
-MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+from atelier.errors import AtelierError, NotFoundError
 
 _PIPELINE_CLASSES = {
     "sd15": "StableDiffusionPipeline",
@@ -39,36 +35,6 @@ _PIPELINE_CLASSES = {
     "sdxl": "StableDiffusionXLPipeline",
     "sdxl-refiner": "StableDiffusionXLImg2ImgPipeline",
 }
-
-
-def refuse_pickle(path: Path) -> None:
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise UnsafeFileError(
-            f"refusing to load {path.name}: {path.suffix} files are Python pickles, and loading one can run "
-            "arbitrary code hidden in it. Convert it to .safetensors with a tool you trust, or download the "
-            ".safetensors version of the model."
-        )
-
-
-def read_safetensors_header(path: Path) -> dict[str, Any]:
-    """Parse a safetensors header (tensor names, dtypes, shapes, metadata) without loading any weights."""
-    refuse_pickle(path)
-    try:
-        with open(path, "rb") as handle:
-            raw_length = handle.read(8)
-            if len(raw_length) != 8:
-                raise ValueError("file too short")
-            (length,) = struct.unpack("<Q", raw_length)
-            if length <= 0 or length > MAX_SAFETENSORS_HEADER:
-                raise ValueError("implausible header length")
-            header = json.loads(handle.read(length))
-    except FileNotFoundError:
-        raise NotFoundError(f"model file not found: {path}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise AtelierError(f"{path.name} is not a valid .safetensors file ({exc})") from None
-    if not isinstance(header, dict):
-        raise AtelierError(f"{path.name} is not a valid .safetensors file (header is not an object)")
-    return header
 
 
 _LORA_MARKERS = ("lora_down", "lora_up", "lora_A", "lora_B", "lora.down", "lora.up")
@@ -320,35 +286,14 @@ def load_model(
     )
 
 
-class ModelCache:
-    """Keeps recently used models loaded, keyed by (path, device, dtype), so generations do not reload.
-
-    Thread-safe; evicts least recently used models beyond ``max_models``.
-    """
+class ModelCache(WarmCache[LoadedModel]):
+    """Checkpoints kept loaded between generations (see :class:`~atelier.engine.cache.WarmCache`)."""
 
     def __init__(self, *, max_models: int = 2, tokenizer_dir: str | os.PathLike[str] | None = None) -> None:
-        self.max_models = max_models
-        self.tokenizer_dir = tokenizer_dir
-        self._models: OrderedDict[tuple[str, str, str], LoadedModel] = OrderedDict()
-        self._lock = threading.Lock()
-        self.loads = 0  # how many times a model was actually read from disk
+        super().__init__(load_model, max_models=max_models, tokenizer_dir=tokenizer_dir)
 
     def get(self, path: str | os.PathLike[str], *, device: str = "cpu", dtype: Any = None) -> LoadedModel:
         import torch
 
-        dtype = dtype or torch.float32
-        key = (str(Path(path).resolve()), device, str(dtype))
-        with self._lock:
-            if key in self._models:
-                self._models.move_to_end(key)
-                return self._models[key]
-            model = load_model(path, device=device, dtype=dtype, tokenizer_dir=self.tokenizer_dir)
-            self.loads += 1
-            self._models[key] = model
-            while len(self._models) > self.max_models:
-                self._models.popitem(last=False)
-            return model
-
-    def clear(self) -> None:
-        with self._lock:
-            self._models.clear()
+        # float32 is what load_model uses for None: one key for both spellings.
+        return super().get(path, device=device, dtype=dtype or torch.float32)

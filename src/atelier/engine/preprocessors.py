@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from atelier.engine.paths import PICKLE_SUFFIXES, refuse_pickle
 from atelier.errors import AtelierError, NotFoundError
 
 PREPROCESSOR_MODELS_ENV = "ATELIER_PREPROCESSOR_MODELS"
@@ -308,8 +309,6 @@ def preview(
 
 def model_folder(module: str, models_dir: str | os.PathLike[str] | None = None) -> Path:
     """The folder holding ``module``'s model, or an AtelierError that says how to provide one."""
-    from atelier.engine.models import PICKLE_SUFFIXES, refuse_pickle
-
     module = canonical_module(module)
     hint = _MODEL_HINTS[_MODEL_KINDS[module]]
     root = models_dir or os.environ.get(PREPROCESSOR_MODELS_ENV)

@@ -18,8 +18,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from atelier.engine.architectures import ARCHITECTURES, DEMO_LABEL, DEMO_MARKER, config_dir
-from atelier.engine.controlnet import CONTROLNET_ARCHITECTURES
+from atelier.engine.architectures import (
+    ARCHITECTURES,
+    CONTROLNET_ARCHITECTURES,
+    DEMO_LABEL,
+    DEMO_MARKER,
+    config_dir,
+)
 from atelier.engine.tokenizer import clip_tokenizer
 from atelier.errors import AtelierError
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from PIL import Image
 
-from atelier.engine.controlnet import ControlNetLibrary, ControlUnit, detect_controlnet_architecture
+from atelier.engine import ControlNetLibrary, ControlUnit, detect_controlnet_architecture
 from atelier.errors import AtelierError
 from atelier.files import write_text_atomic
 from atelier.service.registry import ModelRecord

@@ -155,7 +155,7 @@ def model_name_for_key(key: str) -> str:
     A diffusers LoRA (``<name>/pytorch_lora_weights.safetensors``, as diffusers' DreamBooth scripts and
     AutoTrain write it) is named after its folder, as its users name it.
     """
-    from atelier.engine.loras import DIFFUSERS_LORA_FILE
+    from atelier.engine import DIFFUSERS_LORA_FILE
 
     path = PurePosixPath(key)
     if path.name == DIFFUSERS_LORA_FILE and len(path.parts) > 2:
@@ -171,10 +171,11 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelFileInfo:
     refused before anything is read. Raises :class:`AtelierError` for files that are neither a Stable
     Diffusion checkpoint nor a LoRA.
     """
-    from atelier.engine.architectures import base_family
-    from atelier.engine.loras import inspect_lora, lora_sha256
-    from atelier.engine.models import (
+    from atelier.engine import (
+        base_family,
         detect_architecture,
+        inspect_lora,
+        lora_sha256,
         model_sha256,
         refuse_pickle,
         safetensors_kind,
@@ -223,7 +224,7 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelFileInfo:
 
 
 def _lora_metadata(path: Path) -> dict[str, str]:
-    from atelier.engine.models import read_safetensors_header
+    from atelier.engine import read_safetensors_header
 
     stored = read_safetensors_header(path).get("__metadata__") or {}
     # Tag frequencies and dataset dumps can be megabytes; the listing keeps what fits in a glance.

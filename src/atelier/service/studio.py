@@ -90,7 +90,7 @@ class Studio:
 
         ControlNets (their own folder) and LoRAs are not: a studio holding only those still needs the demo.
         """
-        from atelier.engine.models import safetensors_kind
+        from atelier.engine import safetensors_kind
 
         if key.startswith(CONTROLNET_PREFIX + "/") or self.registry.by_key(key) is not None:
             return False
@@ -112,9 +112,7 @@ class Studio:
         Returns the demo's record, or None when a model exists (registered, or waiting in the models bucket for
         the watcher). The demo is labelled "demo: random weights" everywhere it is listed.
         """
-        from atelier.engine.architectures import DEMO_LABEL
-        from atelier.engine.library import DEMO_MODEL_NAME
-        from atelier.engine.tiny import create_tiny_model
+        from atelier.engine import DEMO_LABEL, DEMO_MODEL_NAME, create_tiny_model
 
         if self.registry.list("checkpoint"):
             return None

@@ -97,8 +97,7 @@ def prepare_generation(
     Raises :class:`AtelierError` (or :class:`~atelier.errors.NotFoundError`) naming the offending field. The
     seed is fixed here (-1 becomes a random seed) so that the job's outputs are the same if it runs again.
     """
-    from atelier.engine.request import GenerationRequest
-    from atelier.engine.samplers import resolve_sampler
+    from atelier.engine import GenerationRequest, resolve_sampler
     from atelier.prompts.parser import parse_prompt
 
     unknown = sorted(set(values) - set(GENERATION_FIELDS))
@@ -249,7 +248,7 @@ def check_train_config(
 
     Returns the base model and the preset to layer the config on.
     """
-    from atelier.training.config import load_train_config
+    from atelier.training import load_train_config
 
     settings = dict(config)
     base_name = settings.pop("base", None) or settings.pop("pretrained_model_name_or_path", None) or base
@@ -276,8 +275,7 @@ def check_training_archive(path: Path, name: str, config: Mapping[str, Any]) -> 
     CRC errors: ``training.archive.check_zip``); it must hold at least one image; a ``dataset_config`` must
     name a file inside it, and a ``dataset.toml`` (named or found) must be valid TOML.
     """
-    from atelier.training.archive import check_zip
-    from atelier.training.dataset_config import IMAGE_EXTENSIONS
+    from atelier.training import IMAGE_EXTENSIONS, check_zip
 
     files = check_zip(path)
     if not any(PurePosixPath(file).suffix.lower() in IMAGE_EXTENSIONS for file in files):

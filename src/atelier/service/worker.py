@@ -97,7 +97,7 @@ class Worker:
         if any(HANDLERS[kind].needs_engine for kind in self.kinds):
             _ = self.engine
         if "train" in self.kinds:
-            import atelier.training.recipe  # noqa: F401
+            from atelier.training import train_lora  # noqa: F401 - loads torch, diffusers and peft now
 
     def run(self, *, idle_exit_seconds: float | None = None, max_jobs: int | None = None) -> int:
         """Process jobs until stopped (or idle that long, or ``max_jobs`` done); return how many ran."""
@@ -219,8 +219,7 @@ class Worker:
     @property
     def engine(self) -> Any:
         if self._engine is None:
-            from atelier.engine.generate import Engine
-            from atelier.engine.loras import LoraLibrary
+            from atelier.engine import Engine, LoraLibrary
             from atelier.service.controlnets import controlnet_library
 
             self.files.lora_dir.mkdir(parents=True, exist_ok=True)

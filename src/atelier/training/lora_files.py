@@ -39,8 +39,7 @@ from typing import Any
 import torch
 from safetensors.torch import save, save_file
 
-from atelier.engine.convert import _unet_key
-from atelier.engine.loras import DIFFUSERS_LORA_FILE
+from atelier.engine import DIFFUSERS_LORA_FILE, unet_key
 from atelier.files import TEMP_PREFIX, write_atomic
 from atelier.training.buckets import bucket_info
 from atelier.training.config import TrainConfig
@@ -63,7 +62,7 @@ def kohya_unet_name(module: str, family: str, layers_per_block: int) -> str:
     """kohya's name for a diffusers UNet module path (``down_blocks.1.attentions.0.proj_in``)."""
     if family == "sdxl":
         # The original UNet numbers its input blocks flat: one slot per resnet plus one per downsampler.
-        module = _unet_key(module, layers_per_block + 1, set())
+        module = unet_key(module, layers_per_block + 1, set())
     return "lora_unet_" + module.replace(".", "_")
 
 

@@ -222,7 +222,7 @@ class LoraRecipe:
         self.items = self._scan()
 
         self.log(f"loading {base_model}")
-        from atelier.engine.models import load_model
+        from atelier.engine import load_model
 
         self.model = load_model(base_model, dtype=self.weight_dtype)
         self._place_models()
@@ -241,7 +241,7 @@ class LoraRecipe:
         self.state = self._initial_state()
 
     def _check_base_model(self, base_model: Path) -> str:
-        from atelier.engine.models import detect_architecture
+        from atelier.engine import detect_architecture
 
         if not base_model.exists():
             raise AtelierError(f"base model not found: {base_model}", field="base_model")

@@ -156,9 +156,7 @@ def render_samples(
     device: str,
 ) -> list[Path]:
     """Render every prompt with ``model`` (an engine ``LoadedModel``) into ``out_dir``; return the PNG paths."""
-    from atelier.engine.generate import Engine
-    from atelier.engine.infotext import write_png
-    from atelier.engine.request import GenerationRequest
+    from atelier.engine import Engine, GenerationRequest, write_png
 
     engine = Engine(device=device, dtype=model.pipeline.unet.dtype, models=_OneModel(model))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -204,9 +202,7 @@ def generate_class_images(
     subset. Image ``i`` uses seed ``seed + i``, so an interrupted run generates the same set when resumed.
     Returns how many images were generated.
     """
-    from atelier.engine.generate import Engine
-    from atelier.engine.infotext import write_png
-    from atelier.engine.request import GenerationRequest
+    from atelier.engine import Engine, GenerationRequest, write_png
     from atelier.training.dataset import list_images
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -304,7 +304,7 @@ def _prepare_img2img(studio: Studio, body: Img2ImgRequest) -> PreparedGeneration
     values = _generation_values(body, _options(studio))
     values["denoising_strength"] = body.denoising_strength
     if mask is not None:
-        from atelier.engine.request import INPAINTING_FILL_MODES
+        from atelier.engine import INPAINTING_FILL_MODES
 
         if body.inpainting_fill not in range(len(INPAINTING_FILL_MODES)):
             raise AtelierError(
@@ -465,7 +465,7 @@ def build_a1111_router() -> APIRouter:
 
     @router.get("/samplers")
     def samplers() -> list[dict[str, Any]]:
-        from atelier.engine.samplers import SAMPLER_NAMES, supported_schedule_types
+        from atelier.engine import SAMPLER_NAMES, supported_schedule_types
 
         return [
             {"name": name, "aliases": [], "options": {"schedule_types": supported_schedule_types(name)}}
@@ -474,7 +474,7 @@ def build_a1111_router() -> APIRouter:
 
     @router.get("/schedulers")
     def schedulers() -> list[dict[str, Any]]:
-        from atelier.engine.samplers import SCHEDULE_TYPES
+        from atelier.engine import SCHEDULE_TYPES
 
         return [
             {
@@ -581,7 +581,7 @@ def build_a1111_router() -> APIRouter:
 
     @router.post("/png-info")
     def png_info(body: PngInfoRequest, studio: StudioDep) -> dict[str, Any]:
-        from atelier.engine.infotext import parse_infotext, read_infotext
+        from atelier.engine import parse_infotext, read_infotext
 
         image = decode_image(body.image, field="image", max_pixels=studio.config.max_image_pixels)
         text = read_infotext(image) or ""

@@ -13,7 +13,15 @@ from fastapi import APIRouter, Depends, Request
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from atelier.engine import preprocessors
+from atelier.engine import (
+    MODULE_ALIASES,
+    MODULES,
+    PROCESSOR_RES_RANGE,
+    RESIZE_MODES,
+    canonical_module,
+    needs_model,
+    preprocess,
+)
 from atelier.errors import AtelierError
 from atelier.service.controlnets import controlnet_library, parse_units, png_base64
 from atelier.service.security import decode_image
@@ -61,9 +69,7 @@ class DetectBody(BaseModel):
 
 
 def _modules() -> list[dict[str, Any]]:
-    return [
-        {"name": module, "needs_model": preprocessors.needs_model(module)} for module in preprocessors.MODULES
-    ]
+    return [{"name": module, "needs_model": needs_model(module)} for module in MODULES]
 
 
 def build_controlnet_router() -> APIRouter:
@@ -76,13 +82,13 @@ def build_controlnet_router() -> APIRouter:
 
     @router.get("/api/controlnet/modules", summary="Preprocessors and the settings they take")
     def modules() -> dict[str, Any]:
-        from atelier.engine.controlnet import CONTROL_MODES
+        from atelier.engine import CONTROL_MODES
 
         return {
             "modules": _modules(),
-            "aliases": preprocessors.MODULE_ALIASES,
+            "aliases": MODULE_ALIASES,
             "control_modes": list(CONTROL_MODES),
-            "resize_modes": list(preprocessors.RESIZE_MODES),
+            "resize_modes": list(RESIZE_MODES),
         }
 
     @router.post("/api/controlnet/preview", summary="The control map a preprocessor makes of an image (PNG)")
@@ -120,20 +126,17 @@ def build_controlnet_router() -> APIRouter:
 
     @router.get("/controlnet/module_list", summary="sd-webui-controlnet: preprocessors")
     def module_list(alias_names: bool = False) -> dict[str, Any]:
-        names = list(preprocessors.MODULES)
+        names = list(MODULES)
         if alias_names:
-            aliases = {module: alias for alias, module in preprocessors.MODULE_ALIASES.items()}
+            aliases = {module: alias for alias, module in MODULE_ALIASES.items()}
             names = [aliases.get(name, name) for name in names]
-        details = {
-            name: {"model_free": not preprocessors.needs_model(name), "sliders": []}
-            for name in preprocessors.MODULES
-        }
+        details = {name: {"model_free": not needs_model(name), "sliders": []} for name in MODULES}
         return {"module_list": names, "module_detail": details}
 
     @router.post("/controlnet/detect", summary="sd-webui-controlnet: run a preprocessor on images")
     def detect(body: DetectBody, studio: StudioDep) -> dict[str, Any]:
-        module = preprocessors.canonical_module(body.controlnet_module)
-        low, high = preprocessors.PROCESSOR_RES_RANGE
+        module = canonical_module(body.controlnet_module)
+        low, high = PROCESSOR_RES_RANGE
         if not low <= body.controlnet_processor_res <= high:
             raise AtelierError(
                 f"controlnet_processor_res must be between {low} and {high}", field="controlnet_processor_res"
@@ -143,7 +146,7 @@ def build_controlnet_router() -> APIRouter:
             image = decode_image(
                 encoded, field=f"controlnet_input_images[{index}]", max_pixels=studio.config.max_image_pixels
             )
-            detected = preprocessors.preprocess(
+            detected = preprocess(
                 image,
                 module,
                 processor_res=body.controlnet_processor_res,

@@ -142,7 +142,7 @@ def _file_url(key: str) -> str:
 
 
 def _inpainting_fill(value: str | int | None) -> str | None:
-    from atelier.engine.request import INPAINTING_FILL_MODES
+    from atelier.engine import INPAINTING_FILL_MODES
 
     if value is None or isinstance(value, str):
         return value

@@ -27,7 +27,7 @@ def seed_for_job(job_id: str) -> int:
 
 def output_key(job: Job, seed: int) -> str:
     """Where an image of ``job`` is stored: ``outputs/<job id>/<seed>_<job timestamp>.png``."""
-    from atelier.engine.output import output_filename
+    from atelier.engine import output_filename
 
     # The job's creation time (not the run's), in UTC, keeps names identical when the job runs again anywhere.
     return f"outputs/{job.id}/{output_filename(seed, job.created_at.astimezone(UTC))}"
@@ -46,8 +46,7 @@ def png_bytes(image: Any, infotext: str) -> bytes:
 
 def run_generate(worker: WorkerContext, job: Job, lease: JobLease) -> GenerateResult:
     """Run a generate job on the worker's engine; store each image (PNG with infotext) and its JSON sidecar."""
-    from atelier.engine.generate import GenerationCanceled
-    from atelier.engine.request import GenerationRequest
+    from atelier.engine import GenerationCanceled, GenerationRequest
     from atelier.prompts.parser import parse_prompt
 
     payload = GeneratePayload.model_validate(job.payload)

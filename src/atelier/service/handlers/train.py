@@ -27,10 +27,7 @@ logger = logging.getLogger(__name__)
 
 def run_train(worker: WorkerContext, job: Job, lease: JobLease) -> TrainResult:
     """Train the job's LoRA from its zip, publish it to the models bucket, store samples and the summary."""
-    from atelier.training.archive import extract_zip
-    from atelier.training.config import load_train_config
-    from atelier.training.recipe import train_lora
-    from atelier.training.state import STATE_FILE
+    from atelier.training import STATE_FILE, extract_zip, load_train_config, train_lora
 
     payload = TrainPayload.model_validate(job.payload)
     zip_key = payload.training_data
