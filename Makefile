@@ -28,9 +28,12 @@ install-test: $(PYTHON)
 studio: install
 	$(VENV)/bin/atelier serve
 
+# Style, the layers' import contracts (pyproject.toml, [tool.importlinter]) and types.
 lint:
 	$(PYTHON) -m ruff check src tests bench tools
 	$(PYTHON) -m ruff format --check src tests bench tools
+	$(VENV)/bin/lint-imports
+	$(PYTHON) -m mypy src/atelier
 
 test: install-test lint
 	$(PYTHON) -m pytest -q

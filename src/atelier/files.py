@@ -54,7 +54,7 @@ def read_toml(path: str | os.PathLike[str], *, what: str, field: str | None = No
 TEMP_PREFIX = ".tmp-"
 
 
-def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
     """Have ``write(temp_path)`` write a temporary file beside ``path``, then move it over ``path``.
 
     One policy for every file Atelier writes, so a reader (a person, a watcher, A1111) never sees half a file:

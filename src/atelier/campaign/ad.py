@@ -576,7 +576,8 @@ class AdRenderer:
         min_size, max_size = self.size_range(style)
 
         def button_size(size: int, text_width: int) -> tuple[int, int]:
-            cap_height = -get_font(self.family, style.weight, size).getbbox("H", anchor="ls")[1]
+            # int(): Pillow's boxes are whole pixels here, though typed as floats.
+            cap_height = int(-get_font(self.family, style.weight, size).getbbox("H", anchor="ls")[1])
             width = text_width + 2 * round(size * style.padding_x)
             height = cap_height + 2 * round(size * style.padding_y)
             return width, height
@@ -679,7 +680,7 @@ class AdRenderer:
     def _draw_panels(self, canvas: Image.Image, layer_name: str) -> None:
         for index, panel in enumerate(self.layout.panels):
             if panel.layer == layer_name:
-                layer, position = self._layer(f"panel{index}", lambda panel=panel: self._panel_layer(panel))
+                layer, position = self._layer(f"panel{index}", functools.partial(self._panel_layer, panel))
                 canvas.alpha_composite(layer, position)
 
     def base(self, materials: list[Image.Image], start: int = 0) -> Image.Image:
@@ -747,7 +748,7 @@ class AdRenderer:
             self.brand.readable_on(fill) if item.style.color == "auto" else self.brand.color(item.style.color)
         )
         font = get_font(self.family, item.style.weight, fitted.size)
-        cap_height = -font.getbbox("H", anchor="ls")[1]
+        cap_height = int(-font.getbbox("H", anchor="ls")[1])  # whole pixels, though typed as a float
         # Centre the capital height, not the full ascent, so the label sits optically in the middle.
         top = item.top + (item.height - cap_height) // 2 + cap_height - fitted.ascent
         pad_x = round(fitted.size * item.style.padding_x)
@@ -980,8 +981,7 @@ def compose_ad(
     gif_path = out_dir / "ad.gif"
     _save_gif(animation, gif_path, spec.animation.gif_max_side, comment)
 
-    video_path: Path | None = out_dir / "ad.mp4"
-    video_note = _save_video(animation, video_path) if make_video else "video not requested"
-    if video_note is not None:
-        video_path = None
+    video_file = out_dir / "ad.mp4"
+    video_note = _save_video(animation, video_file) if make_video else "video not requested"
+    video_path = video_file if video_note is None else None
     return AdResult(out_dir, template.name, tuple(results), gif_path, gif_channel, video_path, video_note)

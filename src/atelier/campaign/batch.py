@@ -859,8 +859,9 @@ def plan_batch(
                 prompt, negative = scene.fill(row.values, catalog.columns)
                 requests = [scene.request(prompt, negative, seed) for seed in scene.seeds]
                 for request in requests:
-                    headers = {"init_image": photos.image_header, "mask": photos.mask_header}
-                    dataclasses.replace(request, **headers).validate()
+                    dataclasses.replace(
+                        request, init_image=photos.image_header, mask=photos.mask_header
+                    ).validate()
             except AtelierError as exc:
                 plan.problems.append(BatchProblem(row.sku, str(exc), row.line, scene=scene.name))
                 continue

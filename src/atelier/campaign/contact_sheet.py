@@ -147,13 +147,13 @@ def collect_sections(folder: Path, *, exclude: tuple[Path, ...] = ()) -> list[Sh
     manifest = folder / MANIFEST_NAME
     sections: dict[str, SheetSection] = {}
     if manifest.is_file():
-        for image in _read_manifest(folder, manifest):
-            section = sections.setdefault(image.sku, SheetSection(image.sku or "No SKU", "sku"))
-            group = next((g for g in section.groups if g.title == (image.scene or "No scene")), None)
+        for entry in _read_manifest(folder, manifest):
+            section = sections.setdefault(entry.sku, SheetSection(entry.sku or "No SKU", "sku"))
+            group = next((g for g in section.groups if g.title == (entry.scene or "No scene")), None)
             if group is None:
-                group = SheetGroup(image.scene or "No scene")
+                group = SheetGroup(entry.scene or "No scene")
                 section.groups.append(group)
-            group.images.append(image)
+            group.images.append(entry)
     else:
         excluded = {path.resolve() for path in exclude}
         unprompted = SheetSection(NO_PROMPT, "prompt", [SheetGroup("")])

@@ -83,7 +83,7 @@ def ink_width(font: ImageFont.FreeTypeFont, text: str) -> int:
     if not text:
         return 0
     left, _, right, _ = font.getbbox(text, anchor="ls")
-    return right - left
+    return int(right - left)  # Pillow's boxes are whole pixels here, though typed as floats
 
 
 @functools.lru_cache(maxsize=65536)
@@ -126,8 +126,9 @@ def _vertical_extent(
     if not lines:
         return 0, 0, 0
     ascent, descent = font.getmetrics()
-    ascent = max(ascent, -font.getbbox(lines[0], anchor="ls")[1])
-    descent = max(descent, font.getbbox(lines[-1], anchor="ls")[3])
+    # int(): Pillow's boxes are whole pixels here, though typed as floats.
+    ascent = max(ascent, int(-font.getbbox(lines[0], anchor="ls")[1]))
+    descent = max(descent, int(font.getbbox(lines[-1], anchor="ls")[3]))
     return ascent, descent, ascent + descent + (len(lines) - 1) * line_height
 
 
@@ -337,7 +338,7 @@ def draw_fitted_text(
         return None
     font = get_font(family, weight, fitted.size)
     baseline = top + fitted.ascent
-    union: list[int] | None = None
+    union: tuple[int, int, int, int] | None = None
     for line in fitted.lines:
         ink_left, _, ink_right, _ = font.getbbox(line, anchor="ls")
         if align == "center":
@@ -347,15 +348,11 @@ def draw_fitted_text(
         else:
             x = left - ink_left
         draw.text((x, baseline), line, font=font, fill=fill, anchor="ls")
-        box = draw.textbbox((x, baseline), line, font=font, anchor="ls")
+        # Whole pixels here (the position is), though Pillow types the box as floats.
+        x0, y0, x1, y1 = (int(value) for value in draw.textbbox((x, baseline), line, font=font, anchor="ls"))
         if union is None:
-            union = list(box)
+            union = (x0, y0, x1, y1)
         else:
-            union = [
-                min(union[0], box[0]),
-                min(union[1], box[1]),
-                max(union[2], box[2]),
-                max(union[3], box[3]),
-            ]
+            union = (min(union[0], x0), min(union[1], y0), max(union[2], x1), max(union[3], y1))
         baseline += fitted.line_height
-    return tuple(union) if union else None
+    return union

@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     # The files first, so a typo is reported before a model loads or a studio is called.
     catalog = load_catalog(args.catalog)
     scenes = load_scenes(args.scenes)
+    backend: StudioBackend | EngineBackend
     if args.server:
         api_key = args.api_key or os.environ.get(API_KEY_VARIABLE) or None
         backend = StudioBackend(args.server, args.model, api_key=api_key, timeout=args.timeout)

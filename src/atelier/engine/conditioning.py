@@ -182,6 +182,7 @@ def repeat_last_to(encoded: EncodedText, tokens: int) -> EncodedText:
 def _kwargs(positive: EncodedText, negative: EncodedText) -> dict[str, torch.Tensor]:
     kwargs = {"prompt_embeds": positive.embeds, "negative_prompt_embeds": negative.embeds}
     if positive.pooled is not None:
+        assert negative.pooled is not None  # one encoder gives every text a pooled embedding, or none
         kwargs["pooled_prompt_embeds"] = positive.pooled
         kwargs["negative_pooled_prompt_embeds"] = negative.pooled
     return kwargs
@@ -236,7 +237,8 @@ def build_conditioning(
                 like = encoder.encode(parts[0].schedule[0][1])
                 shape = (1, chunks * (CHUNK_TOKENS + 2), like.embeds.shape[-1])
                 embeds = torch.zeros(shape, dtype=like.embeds.dtype, device=like.embeds.device)
-                encoded = EncodedText(embeds, torch.zeros_like(like.pooled))
+                pooled = None if like.pooled is None else torch.zeros_like(like.pooled)
+                encoded = EncodedText(embeds, pooled)
             else:
                 encoded = encoder.encode(text)
                 if positive:

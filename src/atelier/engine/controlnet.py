@@ -28,6 +28,7 @@ or SDXL ControlNet configs shipped in ``engine/configs``, chosen by the file's c
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import json
@@ -377,7 +378,7 @@ class ControlNetLibrary(FolderLibrary):
     def list(self) -> list[Path]:
         return list(self.paths().values())
 
-    def model_list(self) -> list[str]:
+    def model_list(self) -> builtins.list[str]:
         """``name [hash]`` for every ControlNet, as the extension's ``/controlnet/model_list`` gives them."""
         return [f"{name} [{legacy_hash(path)}]" for name, path in self.paths().items()]
 
@@ -449,7 +450,7 @@ def pipeline_inputs(
 @contextlib.contextmanager
 def control_modes_attached(controls: list[ResolvedControl], *, cfg: bool) -> Iterator[None]:
     """Apply each unit's control mode to its ControlNet's output while the pipeline runs."""
-    modes_by_model: dict[int, tuple[Any, list[str]]] = {}
+    modes_by_model: dict[int, tuple[Any, list[str | int]]] = {}
     for control in controls:
         model = control.net.model
         modes_by_model.setdefault(id(model), (model, []))[1].append(control.unit.control_mode)
@@ -472,7 +473,7 @@ class _ControlModeHook:
     takes their modes in turn.
     """
 
-    def __init__(self, modes: list[str], *, cfg: bool) -> None:
+    def __init__(self, modes: list[str | int], *, cfg: bool) -> None:
         self.modes = modes
         self.cfg = cfg
         self.calls = 0

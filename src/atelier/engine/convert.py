@@ -130,7 +130,8 @@ def components_to_single_file_state_dict(
         if (state_dict is not None) != (name in TEXT_ENCODERS[arch]):
             problem = f"needs a {name}" if state_dict is None else f"has no {name}; leave it out"
             raise AtelierError(f"{arch} {problem}", field="arch")
-    encoders = {name: given[name] for name in TEXT_ENCODERS[arch]}
+    # Checked above: exactly the arch's text encoders are given.
+    encoders = {name: state_dict for name in TEXT_ENCODERS[arch] if (state_dict := given[name]) is not None}
     _check_unet_matches_arch(unet, arch, "the given weights")
     return _to_single_file(arch, unet, vae, encoders, "the given weights")
 

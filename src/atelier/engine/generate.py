@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -91,6 +91,12 @@ _CONTROLNET_PIPELINES = {
 }
 
 
+class ModelSource(Protocol):
+    """Where the engine gets its models: a :class:`ModelCache`, or a stand-in such as training's samples."""
+
+    def get(self, path: str | os.PathLike[str], *, device: str = ..., dtype: Any = ...) -> LoadedModel: ...
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -108,7 +114,7 @@ class Engine:
         *,
         device: str | None = None,
         dtype: torch.dtype | None = None,
-        models: ModelCache | None = None,
+        models: ModelSource | None = None,
         loras: LoraLibrary | None = None,
         controlnets: ControlNetLibrary | None = None,
         controlnet_models: ControlNetCache | None = None,
@@ -117,7 +123,7 @@ class Engine:
     ) -> None:
         self.device = device or default_device()
         self.dtype = dtype or default_dtype(self.device)
-        self.models = models or ModelCache()
+        self.models: ModelSource = models or ModelCache()
         self.loras = loras
         # Without a library, ControlNet units name their model by path (the CLI resolves names itself).
         self.controlnets = controlnets
@@ -180,7 +186,10 @@ class Engine:
         pipeline = self._pipeline(run, family, request.mode)
         kwargs: dict[str, Any] = {"width": request.width, "height": request.height}
         if request.mode == "img2img":
-            init = request.init_image.convert("RGB").resize((request.width, request.height), Image.LANCZOS)
+            assert request.init_image is not None  # that is what makes the mode img2img
+            init = request.init_image.convert("RGB").resize(
+                (request.width, request.height), Image.Resampling.LANCZOS
+            )
             kwargs = {"image": init, "strength": request.denoising_strength}
         kwargs.update(self._control_inputs(run, request.mode))
         return self._call(pipeline, run, seeds, kwargs)
@@ -192,16 +201,23 @@ class Engine:
         if full_mask:
             size = (request.width, request.height)
             original = (
-                request.init_image.convert("RGB").resize(size, Image.LANCZOS)
+                request.init_image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
                 if request.init_image is not None
                 else Image.new("RGB", size, (127, 127, 127))
             )
             mask = Image.new("L", size, 255)
             strength = request.denoising_strength if request.init_image is not None else 1.0
-            kwargs = {"image": original, "mask_image": mask, "strength": strength, **_size(request)}
+            kwargs: dict[str, Any] = {
+                "image": original,
+                "mask_image": mask,
+                "strength": strength,
+                **_size(request),
+            }
             kwargs.update(self._control_inputs(run, "inpaint"))
             return self._call(pipeline, run, seeds, kwargs)
 
+        # Inpainting: a mask is given, and validate() made sure an init image came with it.
+        assert request.mask is not None and request.init_image is not None
         original = request.init_image.convert("RGB")
         mask = masks.prepare_mask(request.mask, original.size, request.mask_blur, invert=request.mask_invert)
         size = (request.width, request.height)
@@ -214,7 +230,7 @@ class Engine:
         work_mask = masks.crop_to_region(mask, region, size)
         if request.inpainting_fill == "fill":
             work_image = masks.fill_masked(work_image, work_mask)
-        kwargs: dict[str, Any] = {
+        kwargs = {
             "image": work_image,
             "mask_image": work_mask,
             "strength": request.denoising_strength,
@@ -269,6 +285,7 @@ class Engine:
                 if source is None:
                     # A1111 controls img2img with the init image itself, laid over the photo exactly as it is.
                     source = request.init_image
+                    assert source is not None  # validate() refuses a unit without image in txt2img
                     unit_crop = crop or ((0, 0, *source.size), source.size)
                 try:
                     control_map = control.unit.control_image(
@@ -310,7 +327,7 @@ class Engine:
         pixels = pixels.to(device=device, dtype=pipeline.vae.dtype)
         latents = pipeline.vae.encode(pixels).latent_dist.mean * pipeline.vae.config.scaling_factor
         latent_size = (latents.shape[-1], latents.shape[-2])
-        masked = np.asarray(mask.resize(latent_size, Image.BILINEAR)) >= 128
+        masked = np.asarray(mask.resize(latent_size, Image.Resampling.BILINEAR)) >= 128
         latent_mask = torch.from_numpy(masked).to(device=device, dtype=latents.dtype)[None, None]
         per_image = []
         for seed in seeds:

@@ -69,10 +69,11 @@ def prepare_mask(mask: Image.Image, size: tuple[int, int], blur: int, invert: bo
         grey = mask.getchannel("A")
     else:
         grey = mask.convert("L")
-    if grey.size != tuple(size):
-        grey = grey.resize(tuple(size), Image.Resampling.LANCZOS)
+    width, height = size
+    if grey.size != (width, height):
+        grey = grey.resize((width, height), Image.Resampling.LANCZOS)
 
-    pixels = np.where(np.asarray(grey) > BINARY_THRESHOLD, 255, 0).astype(np.uint8)
+    pixels: np.ndarray = np.where(np.asarray(grey) > BINARY_THRESHOLD, 255, 0).astype(np.uint8)
     if invert:
         pixels = 255 - pixels
     if blur > 0:
@@ -130,8 +131,9 @@ def _grow_span(start: int, end: int, growth: int, limit: int) -> tuple[int, int]
 def crop_to_region(image: Image.Image, region: Region, size: tuple[int, int]) -> Image.Image:
     """``image`` cut to ``region`` and resized to the processing ``size`` (for "only masked" inpainting)."""
     cropped = image.crop(region)
-    if cropped.size != tuple(size):
-        cropped = cropped.resize(tuple(size), Image.Resampling.LANCZOS)
+    width, height = size
+    if cropped.size != (width, height):
+        cropped = cropped.resize((width, height), Image.Resampling.LANCZOS)
     return cropped
 
 

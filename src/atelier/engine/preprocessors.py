@@ -231,7 +231,7 @@ def _lineart_standard(pixels: np.ndarray) -> np.ndarray:
 # -- the output size -----------------------------------------------------------------------------------------
 
 
-def fit_map(detected: np.ndarray, resize_mode: str, width: int, height: int) -> np.ndarray:
+def fit_map(detected: np.ndarray, resize_mode: str | int, width: int, height: int) -> np.ndarray:
     """Bring a map to ``width`` x ``height`` by the extension's resize mode."""
     resize_mode = resize_mode_name(resize_mode)
     if resize_mode == "Just Resize":
@@ -352,10 +352,10 @@ def _estimate_depth(estimator: Any, pixels: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
         predicted = estimator(Image.fromarray(pixels))["predicted_depth"]
     predicted = predicted.reshape(1, 1, *predicted.shape[-2:]).float()
-    depth = torch.nn.functional.interpolate(
+    resized = torch.nn.functional.interpolate(
         predicted, size=pixels.shape[:2], mode="bicubic", align_corners=False
     )
-    depth = depth[0, 0].cpu().numpy()
+    depth = resized[0, 0].cpu().numpy()
     depth = depth - depth.min()
     peak = float(depth.max())
     if peak > 0:  # a flat prediction stays all black

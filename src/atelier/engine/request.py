@@ -88,7 +88,7 @@ class GenerationRequest:
             )
         if self.mask is not None and self.init_image is None:
             raise AtelierError("a mask needs an init image to inpaint", field="mask")
-        if self.mask is not None and self.mask.size != self.init_image.size:
+        if self.mask is not None and self.init_image is not None and self.mask.size != self.init_image.size:
             raise AtelierError(
                 f"mask size {self.mask.size[0]}x{self.mask.size[1]} differs from image size "
                 f"{self.init_image.size[0]}x{self.init_image.size[1]}",

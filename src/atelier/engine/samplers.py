@@ -42,6 +42,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from diffusers import (
     DDIMScheduler,
@@ -89,7 +90,9 @@ _SCHEDULE_ALIASES = {"sgmuniform": SGM_UNIFORM, "sgm_uniform": SGM_UNIFORM}
 @dataclass(frozen=True)
 class _Sampler:
     name: str
-    scheduler_class: type[SchedulerMixin]
+    # A SchedulerMixin subclass. Left open because type checkers read diffusers' package-level names as its
+    # placeholder classes (diffusers.utils.dummy_pt_objects), which do not subclass SchedulerMixin.
+    scheduler_class: type[Any]
     overrides: Mapping[str, object] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
 

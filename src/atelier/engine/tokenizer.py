@@ -79,7 +79,8 @@ def clip_tokenizer(kind: str = "clip-l") -> Any:
     vocabulary, merges = clip_vocabulary()
     return CLIPTokenizer(
         vocab=dict(vocabulary),
-        merges=list(merges),
+        # transformers annotates merges as strings, but hands them to tokenizers' BPE, which takes pairs.
+        merges=list(merges),  # type: ignore[arg-type]
         unk_token=END_TOKEN,
         bos_token=START_TOKEN,
         eos_token=END_TOKEN,

@@ -303,6 +303,7 @@ class _OpenGroup:
     finished_prompts: list[list[_Node]] = field(default_factory=list)
     separators: list[str] = field(default_factory=list)
     current: list[_Node] = field(default_factory=list)
+    edit: _Edit | None = None  # set when the group closed as a prompt edit
 
 
 class _ScheduleParser:
@@ -420,22 +421,24 @@ class _ScheduleParser:
     def _edit_end(self, group: _OpenGroup, colon: int) -> int | None:
         """If ``: N]`` follows, close the group as a prompt edit and return the position after it."""
         text = self.text
-        number_start = _SPACES.match(text, colon + 1).end()
-        number = _STEP_NUMBER.match(text, number_start)
+        spaces = _SPACES.match(text, colon + 1)
+        assert spaces is not None  # \s* matches at every position
+        number = _STEP_NUMBER.match(text, spaces.end())
         if number is None:
             return None
-        close = _SPACES.match(text, number.end()).end()
+        spaces = _SPACES.match(text, number.end())
+        assert spaces is not None
+        close = spaces.end()
         if not text.startswith("]", close):
             return None
         before = group.finished_prompts[0] if group.finished_prompts else None
-        group.finished_prompts = [_Edit(before=before, after=group.current, when_text=number.group(0))]
-        group.separators = ["edit"]
+        group.edit = _Edit(before=before, after=group.current, when_text=number.group(0))
         return close + 1
 
     @staticmethod
     def _group_node(group: _OpenGroup) -> _Node:
-        if group.separators == ["edit"]:
-            return group.finished_prompts[0]
+        if group.edit is not None:
+            return group.edit
         if "|" in group.separators:
             return _Alternation(options=[*group.finished_prompts, group.current])
         nodes: list[_Node] = [group.bracket]
@@ -556,6 +559,7 @@ def split_and(text: str) -> list[tuple[str, float]]:
     parts: list[tuple[str, float]] = []
     for part in _AND.split(text):
         match = _PART_WEIGHT.match(part)
+        assert match is not None  # the pattern matches any text
         weight = match.group(2)
         parts.append((match.group(1), float(weight) if weight is not None else 1.0))
     return parts

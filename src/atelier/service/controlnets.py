@@ -113,7 +113,8 @@ def _unit_image(
     mask = raw.get("mask")
     if isinstance(image, Mapping):
         # The extension also takes {"image": ..., "mask": ...} in one field.
-        image, mask = image.get("image"), image.get("mask") or mask
+        mask = image.get("mask") or mask
+        image = image.get("image")
     if mask:
         raise AtelierError(
             f"{prefix}.mask: ControlNet unit masks are not available in Atelier; send the unit without a mask",

@@ -17,6 +17,7 @@ Worker ids must therefore be unique per running worker (for example ``host-pid-r
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 import uuid
@@ -112,7 +113,7 @@ def _job_from_row(row: sa.Row[Any]) -> Job:
 def _check_choice(value: object, choices: tuple[str, ...], field: str) -> str:
     if value not in choices:
         raise AtelierError(f"{field} must be one of {', '.join(choices)}, got {value!r}", field=field)
-    return value  # type: ignore[return-value]
+    return value
 
 
 def _check_int(value: object, field: str, *, low: int, high: int) -> int:
@@ -526,7 +527,7 @@ class SqlJobStore:
             ).first()
         return found is not None
 
-    def statuses(self, job_ids: Iterable[str]) -> list[JobStatus]:
+    def statuses(self, job_ids: Iterable[str]) -> builtins.list[JobStatus]:
         """State and progress of these jobs (unknown ids are left out), in one query."""
         columns = (
             jobs_table.c.id,
@@ -551,7 +552,7 @@ class SqlJobStore:
         counts.update({(state, kind): int(count) for state, kind, count in rows})
         return counts
 
-    def finished_since(self, since: datetime) -> list[JobTiming]:
+    def finished_since(self, since: datetime) -> builtins.list[JobTiming]:
         """Jobs that finished at or after ``since``, oldest first."""
         columns = (
             jobs_table.c.id,
@@ -578,7 +579,7 @@ class SqlJobStore:
             ).one_or_none()
         return None if row is None else Delivery(**row._mapping)
 
-    def take_due_deliveries(self, limit: int, *, hold_seconds: float) -> list[tuple[Delivery, Job]]:
+    def take_due_deliveries(self, limit: int, *, hold_seconds: float) -> builtins.list[tuple[Delivery, Job]]:
         """Deliveries due now whose job finished, held for ``hold_seconds`` so no other dispatcher sends them.
 
         Each taken delivery counts one attempt. Several dispatchers may share the database: a finished job is

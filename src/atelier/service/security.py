@@ -116,7 +116,7 @@ class ApiKeyStore:
         if role not in ROLES:
             raise AtelierError(f"role must be one of {', '.join(ROLES)}", field="role")
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
-        values = {
+        values: dict[str, Any] = {
             "name": name,
             "key_hash": hash_key(secret),
             "hint": secret[: len(KEY_PREFIX) + 4],

@@ -104,7 +104,7 @@ class StudioServer:
     def run(self) -> None:
         """Serve until interrupted (Ctrl-C / SIGTERM), then stop everything."""
         check_port_free(self.config.host, self.config.port)
-        previous: dict[int, Any] = {}
+        previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             # uvicorn shuts the HTTP server down on these signals, then raises the signal again; with the
             # default handler that would kill the process before workers and watchers are stopped.

@@ -262,7 +262,7 @@ def open_storage(url: str, *, endpoint_url: str | None = None, **options: Any) -
                 f"cannot create storage folder {str(folder)!r}: {exc.strerror}", field="url"
             ) from None
         return LocalStorage(folder)
-    if scheme == "s3":
+    if parts is not None and scheme == "s3":
         if not parts.netloc:
             raise AtelierError(
                 f"storage URL {url!r} names no bucket; expected s3://bucket/prefix", field="url"

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from atelier.errors import AtelierError
@@ -190,12 +191,12 @@ class BucketWatcher:
 
     def _start_training(self, unit: Unit) -> str:
         storage = self.studio.storage
-        config_key = unit.key[: -len(".zip")] + ".toml"
+        toml_key = unit.key[: -len(".zip")] + ".toml"
         config = {}
-        if storage.exists(config_key):
-            config = read_train_config(storage.get_bytes(config_key), name=PurePosixPath(config_key).name)
-        else:
-            config_key = None
+        config_key: str | None = None
+        if storage.exists(toml_key):
+            config = read_train_config(storage.get_bytes(toml_key), name=PurePosixPath(toml_key).name)
+            config_key = toml_key
         job = submit_training(self.studio, unit.key, config=config, config_key=config_key)
         logger.info("training job %s started for %s", job.id, unit.key)
         return job.id
@@ -231,7 +232,7 @@ class BucketWatcher:
         )
         return record.name
 
-    def _unregister_missing(self, present: set[str], listed_at: object, report: ScanReport) -> None:
+    def _unregister_missing(self, present: set[str], listed_at: datetime, report: ScanReport) -> None:
         for record in self.studio.registry.list():
             # A record newer than the listing may be for a file written after the listing was taken.
             gone = record.storage_key not in present and record.updated_at < listed_at

@@ -123,7 +123,8 @@ def resolve_webhook_host(host: str, port: int, *, allow_private: bool) -> str:
         found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise httpx.ConnectError(f"cannot resolve {host}: {exc}") from None
-    addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in found]
+    # IPv4 and IPv6 socket addresses start with the address as text (str() only tells the type checker so).
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in found]
     if not addresses:
         raise httpx.ConnectError(f"{host} has no address")
     if not allow_private and not all(_address_is_public(address) for address in addresses):

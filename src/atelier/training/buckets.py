@@ -97,7 +97,10 @@ class BucketManager:
         steps: int = 64,
         no_upscale: bool = False,
     ) -> None:
-        self.resolution: Size = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+        if isinstance(resolution, int):
+            resolution = (resolution, resolution)
+        width, height = resolution  # a list from a config file works too
+        self.resolution: Size = (width, height)
         self.enable_bucket = enable_bucket
         self.no_upscale = enable_bucket and no_upscale
         self.steps = steps

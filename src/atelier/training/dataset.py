@@ -188,6 +188,7 @@ def scan_subset(
             f"captioned {fallback!r}: {_names(uncaptioned)}"
         )
     if too_small:
+        assert resolution is not None  # images are only found too small against a given resolution
         warn(
             f"{len(too_small)} image(s) in {folder} are smaller than the training resolution "
             f"{resolution[0]}x{resolution[1]} and will be upscaled, which softens detail: {_names(too_small)}"

@@ -93,7 +93,7 @@ def to_kohya_state_dict(
     *,
     family: str,
     unet: Mapping[str, torch.Tensor] | None,
-    text_encoders: list[Mapping[str, torch.Tensor] | None],
+    text_encoders: Sequence[Mapping[str, torch.Tensor] | None],
     alpha: float,
     layers_per_block: int,
     dtype: torch.dtype = torch.float32,
@@ -148,7 +148,7 @@ def save_diffusers_lora(
     *,
     unet: Mapping[str, torch.Tensor] | None,
     unet_config: Mapping[str, Any] | None,
-    text_encoders: list[tuple[Mapping[str, torch.Tensor], Mapping[str, Any]] | None],
+    text_encoders: Sequence[tuple[Mapping[str, torch.Tensor], Mapping[str, Any]] | None],
     dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write ``pytorch_lora_weights.safetensors`` with diffusers' own ``save_lora_weights``, atomically.

@@ -28,11 +28,19 @@ ADAPTER_NAME = "default"
 
 
 def lora_config(rank: int, alpha: float, target_modules: tuple[str, ...]) -> LoraConfig:
-    return LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True, target_modules=list(target_modules))
+    return LoraConfig(
+        r=rank,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # peft annotates it int, but a float alpha works (alpha / r)
+        init_lora_weights=True,
+        target_modules=list(target_modules),
+    )
 
 
-def add_lora(model: torch.nn.Module, rank: int, alpha: float, target_modules: tuple[str, ...]) -> None:
-    """Freeze ``model`` and add LoRA adapters (trainable) to its ``target_modules``."""
+def add_lora(model: Any, rank: int, alpha: float, target_modules: tuple[str, ...]) -> None:
+    """Freeze ``model`` and add LoRA adapters (trainable) to its ``target_modules``.
+
+    ``model`` is a diffusers or transformers model: a ``torch.nn.Module`` with peft's ``add_adapter``.
+    """
     model.requires_grad_(False)
     model.add_adapter(lora_config(rank, alpha, target_modules))
 

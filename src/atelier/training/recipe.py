@@ -347,6 +347,7 @@ class LoraRecipe:
         )
 
     def _reg_dir(self, data_dir: Path) -> Path:
+        assert self.config.reg_data_dir is not None  # only called when the config names one
         path = (data_dir / self.config.reg_data_dir).resolve()
         if not path.is_relative_to(data_dir):
             raise AtelierError(
@@ -554,7 +555,7 @@ class LoraRecipe:
         from diffusers.optimization import get_scheduler
 
         config, accelerator = self.config, self.accelerator
-        groups = []
+        groups: list[dict[str, Any]] = []
         if "unet" in self.trained:
             groups.append(
                 {"params": network.trainable_parameters(self.trained["unet"]), "lr": config.effective_unet_lr}
@@ -584,7 +585,7 @@ class LoraRecipe:
                 )
         # foreach: one batched kernel per group instead of a Python loop over hundreds of small LoRA tensors
         # (torch only picks it by itself on GPUs; on CPUs it makes the optimizer step several times faster).
-        extra = {"foreach": True} if optimizer_class is torch.optim.AdamW else {}
+        extra: dict[str, Any] = {"foreach": True} if optimizer_class is torch.optim.AdamW else {}
         optimizer = optimizer_class(groups, lr=config.learning_rate, **extra)
         self.lr_scheduler = get_scheduler(
             config.lr_scheduler,
@@ -690,8 +691,9 @@ class LoraRecipe:
         if self.text_cache is not None:
             cached = [self.text_cache[caption] for caption in captions]
             states = torch.stack([states for states, _ in cached])
-            pooled = None if cached[0][1] is None else torch.stack([pooled for _, pooled in cached])
-            return states, pooled
+            # Every caption has a pooled embedding (SDXL) or none has.
+            pooled = [embedding for _, embedding in cached if embedding is not None]
+            return states, torch.stack(pooled) if pooled else None
         if self.config.trains_text_encoder:
             return self._encode_text(captions)
         with torch.no_grad():
@@ -729,6 +731,7 @@ class LoraRecipe:
             states, pooled = self._conditioning(loaded["captions"])
             unet_kwargs: dict[str, Any] = {"encoder_hidden_states": states.to(self.weight_dtype)}
             if self.family == "sdxl":
+                assert pooled is not None  # SDXL's second text encoder always gives a pooled embedding
                 width, height = batch[0].bucket
                 time_ids = [
                     [*size, *crop, height, width] for size, crop in zip(original_sizes, crops, strict=True)
@@ -804,7 +807,7 @@ class LoraRecipe:
                     epoch=min(state.epoch + 1, self.num_epochs),
                     total_epochs=self.num_epochs,
                     loss=loss,
-                    lr=self.lr_scheduler.get_last_lr()[0],
+                    lr=float(self.lr_scheduler.get_last_lr()[0]),
                     it_per_s=(state.step - session_start_step) / elapsed,
                     samples=list(new_samples),
                 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,7 @@ def save_training_state(
     path: str | os.PathLike[str],
     *,
     state: TrainState,
-    lora: dict[str, torch.Tensor],
+    lora: Mapping[str, torch.Tensor],
     optimizer: dict[str, Any],
     lr_scheduler: dict[str, Any],
     noise_generator: torch.Tensor,

@@ -226,14 +226,14 @@ def resize_image(image: Any, mode: int, width: int, height: int) -> Any:
     from PIL import Image
 
     if mode in (0, 3):
-        return image.resize((width, height), Image.LANCZOS)
+        return image.resize((width, height), Image.Resampling.LANCZOS)
     scale = (
         max(width / image.width, height / image.height)
         if mode == 1
         else min(width / image.width, height / image.height)
     )
     resized_width, resized_height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
-    resized = image.resize((resized_width, resized_height), Image.LANCZOS)
+    resized = image.resize((resized_width, resized_height), Image.Resampling.LANCZOS)
     if mode == 1:
         left, top = (resized_width - width) // 2, (resized_height - height) // 2
         return resized.crop((left, top, left + width, top + height))

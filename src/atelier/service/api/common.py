@@ -104,7 +104,9 @@ def _validation_field(location: tuple[Any, ...]) -> str:
 
 def validation_error_response(problem: RequestValidationError) -> JSONResponse:
     errors = problem.errors()
-    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": "value_error"}
+    first: dict[str, Any] = (
+        errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": "value_error"}
+    )
     field = _validation_field(tuple(first.get("loc", ())))
     if first.get("type") == "json_invalid":
         message, field = (

@@ -509,15 +509,13 @@ def _start_training_upload(studio: Studio, key: str, owner: str | None) -> Job |
     version = _object_version(studio.storage, key)
     if not studio.ledger.claim_object("training-data", key, version, worker_id="api"):
         return None
-    config_key = key[: -len(".zip")] + ".toml"
+    toml_key = key[: -len(".zip")] + ".toml"
     try:
         config = {}
-        if studio.storage.exists(config_key):
-            config = read_train_config(
-                studio.storage.get_bytes(config_key), name=PurePosixPath(config_key).name
-            )
-        else:
-            config_key = None
+        config_key: str | None = None
+        if studio.storage.exists(toml_key):
+            config = read_train_config(studio.storage.get_bytes(toml_key), name=PurePosixPath(toml_key).name)
+            config_key = toml_key
         job = submit_training(
             studio, key, config=config, config_key=config_key, owner=owner, archive_checked=True
         )
