@@ -27,9 +27,14 @@ PROMPT = "a product photo of a leather bag"
 NEGATIVE = "blurry"
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _one_thread():
+    # Module scope, so the module's reference pictures (plain, controlled) are made with the same thread count
+    # as the pictures compared with them: float sums differ by thread count.
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _outline(box=(12, 12, 52, 52)) -> Image.Image:
