@@ -1,0 +1,305 @@
+"""An ad spec: channels (sizes), brand colours, animation settings and the spec file itself, checked.
+
+A spec is TOML (or the same as JSON through the API); every key is known and checked, and files it names are
+resolved against its folder (``AdSpec.resolve_file``: confined for API specs, free for the user's own).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import ImageColor
+
+from atelier.campaign.templates import (
+    Template,
+    builtin_template_names,
+    load_template,
+)
+from atelier.campaign.text import (
+    BUNDLED_FAMILIES,
+    FontFamily,
+    bundled_font_names,
+    font_family_from_file,
+)
+from atelier.errors import AtelierError, NotFoundError, UnsafeFileError
+from atelier.files import read_toml
+
+RGB = tuple[int, int, int]
+Rect = tuple[int, int, int, int]
+
+CHANNEL_PRESETS: dict[str, tuple[int, int]] = {
+    "square": (1080, 1080),
+    "portrait": (1080, 1350),
+    "story": (1080, 1920),
+    "banner": (1200, 628),
+}
+MIN_CHANNEL_SIDE = 64
+MAX_CHANNEL_SIDE = 4096
+# Materials larger than this are scaled down on load: no channel needs more and it bounds memory.
+MAX_MATERIAL_SIDE = 4096
+METADATA_KEY = "atelier:ad"
+# On tiny or extreme canvases (a 728x90 leaderboard) relative sizes would shrink text to a few pixels;
+# below this it is shortened with an ellipsis (and reported) instead.
+MIN_TEXT_PX = 10
+VIDEO_FPS = 25
+CROSSFADE_FRAMES = 3
+
+
+@dataclass(frozen=True)
+class Channel:
+    """A named output size: a preset (``square``...) or a custom ``WxH``."""
+
+    name: str
+    width: int
+    height: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.width, self.height)
+
+
+def parse_channel(value: str) -> Channel:
+    """``square``, ``portrait``, ``story``, ``banner`` or ``"WxH"`` (64 to 4096 pixels a side)."""
+    if not isinstance(value, str):
+        raise AtelierError(f"channel must be a name or 'WxH', got {value!r}", field="channels")
+    name = value.strip().lower()
+    if name in CHANNEL_PRESETS:
+        return Channel(name, *CHANNEL_PRESETS[name])
+    match = re.fullmatch(r"(\d+)\s*x\s*(\d+)", name)
+    if not match:
+        raise AtelierError(
+            f"unknown channel {value!r}: use {', '.join(CHANNEL_PRESETS)} or a size like '640x480'",
+            field="channels",
+        )
+    width, height = int(match.group(1)), int(match.group(2))
+    for side in (width, height):
+        if not MIN_CHANNEL_SIDE <= side <= MAX_CHANNEL_SIDE:
+            raise AtelierError(
+                f"channel {value!r}: each side must be {MIN_CHANNEL_SIDE} to {MAX_CHANNEL_SIDE} pixels",
+                field="channels",
+            )
+    return Channel(f"{width}x{height}", width, height)
+
+
+def parse_color(value: Any, where: str) -> RGB:
+    """A ``#RRGGBB`` (or ``#RGB``, or CSS colour name) value as an RGB triple."""
+    if isinstance(value, str):
+        try:
+            return ImageColor.getrgb(value)[:3]
+        except ValueError:
+            pass
+    raise AtelierError(f"{where}: {value!r} is not a colour (use #RRGGBB)", field=where)
+
+
+def _relative_luminance(color: RGB) -> float:
+    channels = []
+    for value in color:
+        c = value / 255
+        channels.append(c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4)
+    return 0.2126 * channels[0] + 0.7152 * channels[1] + 0.0722 * channels[2]
+
+
+def contrast_ratio(first: RGB, second: RGB) -> float:
+    """WCAG contrast ratio between two colours (1 to 21)."""
+    lighter, darker = sorted((_relative_luminance(first), _relative_luminance(second)), reverse=True)
+    return (lighter + 0.05) / (darker + 0.05)
+
+
+@dataclass(frozen=True)
+class Brand:
+    """The four brand colour roles templates refer to."""
+
+    primary: RGB = (255, 255, 255)
+    secondary: RGB = (200, 200, 200)
+    text: RGB = (255, 255, 255)
+    background: RGB = (17, 17, 17)
+
+    def color(self, role: str) -> RGB:
+        """A role name or a literal ``#RRGGBB`` as RGB."""
+        if role in ("primary", "secondary", "text", "background"):
+            return getattr(self, role)
+        return ImageColor.getrgb(role)[:3]
+
+    def readable_on(self, fill: RGB) -> RGB:
+        """The brand text or background colour that reads best on ``fill``; black or white if neither does."""
+        best = max((self.text, self.background), key=lambda color: contrast_ratio(color, fill))
+        if contrast_ratio(best, fill) >= 4.5:
+            return best
+        return max(((255, 255, 255), (17, 17, 17)), key=lambda color: contrast_ratio(color, fill))
+
+
+@dataclass(frozen=True)
+class AnimationSettings:
+    channel: Channel | None = None
+    seconds_per_material: float = 1.5
+    crossfade_seconds: float = 0.5
+    gif_max_side: int = 600
+
+
+@dataclass(frozen=True)
+class AdSpec:
+    """A parsed ad spec; file references are still as written, relative to ``base_dir``."""
+
+    base_dir: Path
+    materials: tuple[str, ...]
+    headline: str
+    body: str = ""
+    cta: str = ""
+    logo: str | None = None
+    channels: tuple[Channel, ...] = (Channel("square", 1080, 1080),)
+    template: str = "hero"
+    font: str = "roboto"
+    brand: Brand = field(default_factory=Brand)
+    animation: AnimationSettings = field(default_factory=AnimationSettings)
+    # A spec that came over the API may only name files inside its folder; a user's own spec file (the CLI)
+    # may name any file the user can read, relative to the spec's folder or absolute.
+    confined: bool = True
+
+    def resolve_file(self, entry: str, what: str) -> Path:
+        """``entry`` relative to the spec's folder (or absolute, unless confined); confined: no ``..`` escapes."""
+        base = self.base_dir.resolve()
+        if self.confined and Path(entry).is_absolute():
+            raise UnsafeFileError(
+                f"{what} {entry!r} must be a path relative to the spec's folder", field=what
+            )
+        path = (base / Path(entry).expanduser()).resolve()
+        if self.confined and not path.is_relative_to(base):
+            raise UnsafeFileError(f"{what} {entry!r} points outside the spec's folder", field=what)
+        if not path.is_file():
+            raise NotFoundError(f"{what} file not found: {entry} (looked in {base})", field=what)
+        return path
+
+    def load_template(self) -> Template:
+        """The spec's template: a built-in name, or a .toml file inside the spec's folder."""
+        if self.template in builtin_template_names() or not self.template.endswith(".toml"):
+            # A name: a built-in, or an error that lists the built-ins.
+            return load_template(self.template)
+        return load_template(str(self.resolve_file(self.template, "template")))
+
+    def font_family(self) -> FontFamily:
+        if self.font.lower() in BUNDLED_FAMILIES:
+            return BUNDLED_FAMILIES[self.font.lower()]
+        if not self.font.lower().endswith((".ttf", ".otf")):
+            raise NotFoundError(
+                f"unknown font {self.font!r}: use {', '.join(bundled_font_names())} or a .ttf/.otf file",
+                field="font",
+            )
+        return font_family_from_file(self.resolve_file(self.font, "font"))
+
+
+_SPEC_KEYS = (
+    "materials",
+    "headline",
+    "body",
+    "cta",
+    "logo",
+    "channels",
+    "template",
+    "font",
+    "brand",
+    "animation",
+)
+_BRAND_KEYS = ("primary", "secondary", "text", "background")
+_ANIMATION_KEYS = ("channel", "seconds_per_material", "crossfade_seconds", "gif_max_side")
+
+
+def _check_keys(table: dict[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
+    for key in table:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(allowed)}"
+            raise AtelierError(f"unknown key {prefix + key!r} in ad spec{hint}", field=prefix + key)
+
+
+def _string(data: dict[str, Any], key: str, *, required: bool = False) -> str:
+    value = data.get(key, "")
+    if not isinstance(value, str):
+        raise AtelierError(f"{key} must be text, got {type(value).__name__}", field=key)
+    if required and not value.strip():
+        raise AtelierError(f"{key} is required", field=key)
+    return value
+
+
+def _number(table: dict[str, Any], key: str, default: float, low: float, high: float, where: str) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise AtelierError(f"{where}.{key} must be a number from {low:g} to {high:g}", field=f"{where}.{key}")
+    return float(value)
+
+
+def parse_ad_spec(data: dict[str, Any], base_dir: Path, *, confined: bool = True) -> AdSpec:
+    """Check an ad spec given as a dict (parsed TOML or JSON); files are resolved against ``base_dir``.
+
+    ``confined`` (for specs from the API) keeps every file it names inside ``base_dir``.
+    """
+    _check_keys(data, _SPEC_KEYS, "")
+    materials = data.get("materials")
+    if not isinstance(materials, list) or not materials:
+        raise AtelierError("materials must be a non-empty list of image files", field="materials")
+    for entry in materials:
+        if not isinstance(entry, str) or not entry.strip():
+            raise AtelierError(f"materials entries must be file names, got {entry!r}", field="materials")
+
+    channel_names = data.get("channels", ["square"])
+    if not isinstance(channel_names, list) or not channel_names:
+        raise AtelierError("channels must be a non-empty list", field="channels")
+    channels = tuple(parse_channel(name) for name in channel_names)
+    seen: set[str] = set()
+    for channel in channels:
+        if channel.name in seen:
+            raise AtelierError(f"channel {channel.name!r} is listed twice", field="channels")
+        seen.add(channel.name)
+
+    brand_table = data.get("brand", {})
+    if not isinstance(brand_table, dict):
+        raise AtelierError("brand must be a table of colours", field="brand")
+    _check_keys(brand_table, _BRAND_KEYS, "brand.")
+    brand = Brand(**{key: parse_color(value, f"brand.{key}") for key, value in brand_table.items()})
+
+    animation_table = data.get("animation", {})
+    if not isinstance(animation_table, dict):
+        raise AtelierError("animation must be a table", field="animation")
+    _check_keys(animation_table, _ANIMATION_KEYS, "animation.")
+    animation = AnimationSettings(
+        channel=parse_channel(animation_table["channel"]) if "channel" in animation_table else None,
+        seconds_per_material=_number(animation_table, "seconds_per_material", 1.5, 0.2, 20, "animation"),
+        crossfade_seconds=_number(animation_table, "crossfade_seconds", 0.5, 0, 5, "animation"),
+        gif_max_side=int(_number(animation_table, "gif_max_side", 600, 64, MAX_CHANNEL_SIDE, "animation")),
+    )
+
+    logo = data.get("logo")
+    if logo is not None and (not isinstance(logo, str) or not logo.strip()):
+        raise AtelierError("logo must be an image file name", field="logo")
+
+    spec = AdSpec(
+        base_dir=Path(base_dir),
+        materials=tuple(materials),
+        headline=_string(data, "headline", required=True),
+        body=_string(data, "body"),
+        cta=_string(data, "cta"),
+        logo=logo,
+        channels=channels,
+        template=_string(data, "template") or "hero",
+        font=_string(data, "font") or "roboto",
+        brand=brand,
+        animation=animation,
+        confined=confined,
+    )
+    if spec.logo is not None:
+        spec.resolve_file(spec.logo, "logo")
+    spec.font_family()
+    spec.load_template()
+    return spec
+
+
+def load_ad_spec(path: Path) -> AdSpec:
+    """Read and check an ad spec TOML file; material and logo paths are relative to its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotFoundError(f"ad spec not found: {path}")
+    # The user's own file: it may name images anywhere they can read.
+    return parse_ad_spec(read_toml(path, what="ad spec"), path.parent, confined=False)
