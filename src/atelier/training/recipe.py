@@ -4,6 +4,9 @@ One readable loop, in the style of torchtune's recipes: :meth:`LoraRecipe.setup`
 (dataset scanning and bucketing, peft LoRA adapters, kohya-style caption encoding, latent caching, the optimizer
 and LR schedule, saved state), :meth:`LoraRecipe.train` runs the epochs, and the outputs are written by
 :mod:`atelier.training.lora_files`, :mod:`atelier.training.samples` and :mod:`atelier.training.report`.
+What the run says about itself (kohya metadata, ``summary.json``, the resume fingerprint) is in
+:mod:`atelier.training.run_report`; what depends on the machine (accelerate, precision) in
+:mod:`atelier.training.hardware`.
 
 Runs go through accelerate, so fp16/bf16 mixed precision, gradient scaling and multi-GPU data parallelism under
 ``accelerate launch`` need no code here; only the main process writes files. On a machine without a GPU the
@@ -31,7 +34,6 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +41,11 @@ import torch
 
 from atelier.errors import AtelierError
 from atelier.files import read_toml
-from atelier.training import lora_files, network, report
+from atelier.training import hardware, lora_files, network, report, run_report
 from atelier.training.archive import extract_zip
 from atelier.training.config import TrainConfig
 from atelier.training.data import EpochBatches, Example, LatentCache, TrainingData, encode_latents
-from atelier.training.dataset import ImageItem, scan_dataset, tag_frequency
+from atelier.training.dataset import ImageItem, scan_dataset
 from atelier.training.dataset_config import DatasetConfig, SubsetConfig, from_folder, parse_dataset_config
 from atelier.training.noise import min_snr_weights, sample_noise, sample_timesteps, training_target
 from atelier.training.samples import SamplePrompt, generate_class_images, load_sample_prompts, render_samples
@@ -58,8 +60,6 @@ from atelier.training.text import encode_sd15, encode_sdxl, tokenize
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_FILE = "summary.json"
-LOSS_CURVE_FILE = "loss.png"
 DATASET_FOLDER = "dataset"
 CLASS_IMAGES_FOLDER = "class_images"
 LATENT_CACHE_FOLDER = "latent_cache"
@@ -126,51 +126,6 @@ def train_lora(
     return recipe.train(on_progress=on_progress, should_stop=should_stop)
 
 
-def _mixed_precision(requested: str, warn: Callable[[str], None]) -> str:
-    if requested == "no":
-        return "no"
-    if not torch.cuda.is_available():
-        warn(f"mixed_precision = {requested!r} needs a GPU; this machine trains in fp32")
-        return "no"
-    if requested == "bf16" and not torch.cuda.is_bf16_supported():
-        raise AtelierError(
-            "this GPU does not support bf16; use mixed_precision = 'fp16'", field="mixed_precision"
-        )
-    return requested
-
-
-def _make_accelerator(mixed_precision: str) -> Any:
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-    from accelerate.state import AcceleratorState, DistributedType
-
-    # accelerate keeps one process-wide state and refuses a second Accelerator with another precision; a
-    # long-lived worker that trains one job in fp16 and the next in bf16 needs it reset (single process only).
-    if AcceleratorState._shared_state:
-        state = AcceleratorState()
-        if state.distributed_type == DistributedType.NO and state.mixed_precision != mixed_precision:
-            AcceleratorState._reset_state()
-    # With clip skip (always, for SDXL) the last text-encoder layer is not used, so its LoRA weights get no
-    # gradient; DistributedDataParallel must be told, or multi-GPU runs stop at the first step.
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    return Accelerator(mixed_precision=mixed_precision, kwargs_handlers=[ddp])
-
-
-def _weight_dtype(mixed_precision: str) -> torch.dtype:
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
-
-
-def _eight_bit_adam_problem(device: torch.device) -> str | None:
-    if device.type != "cuda":
-        return "it needs a CUDA GPU"
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        return "bitsandbytes is not installed"
-    except Exception as exc:  # bitsandbytes fails in many ways on unsupported setups
-        return f"bitsandbytes does not load ({exc})"
-    return None
-
-
 class LoraRecipe:
     """Holds everything a run needs between :meth:`setup` and :meth:`train`."""
 
@@ -204,10 +159,10 @@ class LoraRecipe:
     ) -> None:
         config = self.config.validate()
         self.family = self._check_base_model(base_model)
-        self.mixed_precision = _mixed_precision(config.mixed_precision, self.warn)
-        self.accelerator = _make_accelerator(self.mixed_precision)
+        self.mixed_precision = hardware.choose_mixed_precision(config.mixed_precision, self.warn)
+        self.accelerator = hardware.make_accelerator(self.mixed_precision)
         self.device = self.accelerator.device
-        self.weight_dtype = _weight_dtype(self.mixed_precision)
+        self.weight_dtype = hardware.weight_dtype(self.mixed_precision)
         self._check_run_dir(resume)
         self.saved: SavedState | None = load_training_state(self.run_dir / STATE_FILE) if resume else None
         self.seed = self._choose_seed()
@@ -386,10 +341,10 @@ class LoraRecipe:
             module.eval()
         # SDXL's VAE overflows in fp16 (kohya's --no_half_vae, diffusers' upcast): keep it in fp32 there.
         vae_dtype = torch.float32 if (self.family == "sdxl" or self.config.no_half_vae) else self.weight_dtype
-        _place(pipeline.vae, self.device, vae_dtype)
-        _place(pipeline.unet, self.device, self.weight_dtype)
+        hardware.place(pipeline.vae, self.device, vae_dtype)
+        hardware.place(pipeline.unet, self.device, self.weight_dtype)
         for encoder in self.text_encoders:
-            _place(encoder, self.device, self.weight_dtype)
+            hardware.place(encoder, self.device, self.weight_dtype)
         self.noise_scheduler = _training_scheduler(self.model.scheduler_config)
 
     def _generate_class_images(self) -> bool:
@@ -573,7 +528,7 @@ class LoraRecipe:
         optimizer_class = torch.optim.AdamW
         self.optimizer_name = "torch.optim.AdamW"
         if config.wants_8bit_adam:
-            problem = _eight_bit_adam_problem(self.device)
+            problem = hardware.eight_bit_adam_problem(self.device)
             if problem is None:
                 import bitsandbytes
 
@@ -599,21 +554,8 @@ class LoraRecipe:
         self.trained = dict(zip(names, prepared[:-1], strict=True))
         self.optimizer = prepared[-1]
 
-    def _fingerprint(self) -> dict[str, Any]:
-        config = self.config
-        return {
-            "family": self.family,
-            "network_dim": config.network_dim,
-            "network_alpha": config.network_alpha,
-            "trained": sorted(self.trained),
-            "train_batch_size": config.train_batch_size,
-            "gradient_accumulation_steps": config.gradient_accumulation_steps,
-            "batches_per_epoch": self.batches_per_epoch,
-            "base_model_sha256": self.model.sha256,
-        }
-
     def _initial_state(self) -> TrainState:
-        fingerprint = self._fingerprint()
+        fingerprint = run_report.fingerprint(self)
         if self.saved is None:
             return TrainState(
                 step=0,
@@ -624,12 +566,7 @@ class LoraRecipe:
                 started_at=time.time(),
             )
         saved = self.saved
-        for key, value in fingerprint.items():
-            before = saved.state.fingerprint.get(key)
-            if before != value:
-                raise AtelierError(
-                    f"cannot resume: {key} was {before!r} in the saved run and is {value!r} now", field=key
-                )
+        run_report.check_fingerprint(saved.state.fingerprint, fingerprint)
         trained = {
             f"{component}.{name}": parameter
             for component, module in self.trained.items()
@@ -778,7 +715,7 @@ class LoraRecipe:
         on_progress: Callable[[TrainProgress], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> TrainResult:
-        with _flush_denormals(self.device):
+        with hardware.flush_denormals(self.device):
             return self._train(on_progress=on_progress, should_stop=should_stop)
 
     def _train(
@@ -888,50 +825,6 @@ class LoraRecipe:
 
     # -- outputs ----------------------------------------------------------------------------------------------
 
-    def _run_info(self) -> lora_files.RunInfo:
-        config = self.config
-        used = [
-            (subset, sum(1 for item in items if item.subset is subset))
-            for dataset, items in zip(self.datasets, self.items, strict=True)
-            for subset in dataset.subsets
-        ]
-        used = [(subset, count) for subset, count in used if count]
-        # kohya merges the datasets' tag counts by folder name, the first dataset's winning.
-        tags: dict[str, dict[str, int]] = {}
-        for items in self.items:
-            for folder, counts in tag_frequency(items).items():
-                tags.setdefault(folder, counts)
-        return lora_files.RunInfo(
-            family=self.family,
-            base_model_name=self.model.path.name,
-            base_model_hash=self.model.sha256,
-            resolution=config.resolution_size(),
-            num_train_images=self.num_train_images,
-            num_reg_images=self.num_reg_images,
-            num_batches_per_epoch=self.batches_per_epoch,
-            num_epochs=self.num_epochs,
-            max_train_steps=self.total_steps,
-            total_batch_size=config.train_batch_size
-            * config.gradient_accumulation_steps
-            * self.accelerator.num_processes,
-            seed=self.seed,
-            optimizer=self.optimizer_name,
-            mixed_precision=self.mixed_precision,
-            session_id=self.seed,
-            training_started_at=self.state.started_at,
-            tag_frequency=tags,
-            dataset_dirs=lora_files.dataset_dirs(
-                [(s.image_dir.name, s.num_repeats, count) for s, count in used if not s.is_reg]
-            ),
-            reg_dataset_dirs=lora_files.dataset_dirs(
-                [(s.image_dir.name, s.num_repeats, count) for s, count in used if s.is_reg]
-            ),
-            bucket_info=self.data.bucket_info(),
-            datasets=lora_files.datasets_metadata(self.datasets, self.items, self.data.assigned)
-            if self.uses_dataset_config
-            else None,
-        )
-
     def _lora_weights(self) -> tuple[dict[str, torch.Tensor] | None, list[dict[str, torch.Tensor] | None]]:
         unet = network.lora_state_dict(self.trained["unet"]) if "unet" in self.trained else None
         encoders = [
@@ -955,7 +848,7 @@ class LoraRecipe:
             dtype=lora_files.SAVE_DTYPES[config.save_precision],
         )
         metadata = lora_files.kohya_metadata(
-            config, self._run_info(), epoch=epoch, steps=self.state.step, finished_at=finished_at
+            config, run_report.run_info(self), epoch=epoch, steps=self.state.step, finished_at=finished_at
         )
         path = lora_files.save_kohya_lora(self.run_dir / f"{stem}.safetensors", tensors, metadata)
         self.log(f"saved {path.name}")
@@ -1032,14 +925,18 @@ class LoraRecipe:
             diffusers_file = self._save_diffusers_file()
             self._save_state()
         self._update_elapsed()
-        summary = self._summary(stopped=stopped, output_file=output_file, diffusers_file=diffusers_file)
+        summary = run_report.summary(
+            self, stopped=stopped, output_file=output_file, diffusers_file=diffusers_file
+        )
         if self.is_main_process:
             report.write_loss_curve(
-                self.run_dir / LOSS_CURVE_FILE, state.loss_curve, title=f"{config.output_name}: training loss"
+                self.run_dir / run_report.LOSS_CURVE_FILE,
+                state.loss_curve,
+                title=f"{config.output_name}: training loss",
             )
             if self.logging_dir is not None:
                 report.write_loss_csv(self.logging_dir / "loss.csv", state.loss_curve)
-            report.write_summary(self.run_dir / SUMMARY_FILE, summary)
+            report.write_summary(self.run_dir / run_report.SUMMARY_FILE, summary)
             self.log(f"finished: {output_file.name}" if output_file else "state saved")
         return TrainResult(
             output_file=output_file,
@@ -1051,100 +948,6 @@ class LoraRecipe:
             run_dir=self.run_dir,
             stopped=stopped,
         )
-
-    def _summary(
-        self, *, stopped: bool, output_file: Path | None, diffusers_file: Path | None
-    ) -> dict[str, Any]:
-        config, state = self.config, self.state
-        info = self._run_info()
-
-        def relative(path: Path | None) -> str | None:
-            return None if path is None else path.relative_to(self.run_dir).as_posix()
-
-        def iso(timestamp: float) -> str:
-            return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
-
-        return {
-            "status": "stopped" if stopped else "completed",
-            "output_name": config.output_name,
-            "base_model": {
-                "path": str(self.model.path),
-                "name": info.base_model_name,
-                "architecture": self.family,
-                "sha256": self.model.sha256,
-            },
-            "parameters": config.to_dict(),
-            "effective": {
-                "device": str(self.device),
-                "processes": self.accelerator.num_processes,
-                "mixed_precision": self.mixed_precision,
-                "optimizer": self.optimizer_name,
-                "attention": self.attention,
-                "seed": self.seed,
-                "trained": sorted(self.trained),
-                "latent_cache": None
-                if self.latent_cache is None
-                else ("disk" if self.latent_cache.folder else "memory"),
-                "text_encoder_cache": self.text_cache is not None,
-            },
-            "dataset": {
-                "train_images": self.num_train_images,
-                "reg_images": self.num_reg_images,
-                "folders": info.dataset_dirs,
-                "buckets": info.bucket_info,
-                "tag_frequency": info.tag_frequency,
-            },
-            "progress": {
-                "steps": state.step,
-                "total_steps": self.total_steps,
-                "epochs_done": state.epoch,
-                "total_epochs": self.num_epochs,
-                "batches_per_epoch": self.batches_per_epoch,
-                "final_loss": state.loss_curve[-1][1] if state.loss_curve else None,
-            },
-            "timings": {
-                "started_at": iso(state.started_at),
-                "finished_at": iso(time.time()),
-                "training_seconds": round(state.elapsed_seconds, 3),
-                "steps_per_second": round(state.step / state.elapsed_seconds, 4)
-                if state.elapsed_seconds
-                else None,
-            },
-            "outputs": {
-                "kohya": relative(output_file),
-                "diffusers": relative(diffusers_file),
-                "epoch_files": list(state.epoch_files),
-                "samples": list(state.samples),
-                "loss_curve": LOSS_CURVE_FILE,
-                "state": STATE_FILE if config.save_state else None,
-                "summary": SUMMARY_FILE,
-            },
-            "warnings": list(self.warnings),
-        }
-
-
-def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-    module.to(device)
-    # Only cast when needed: diffusers warns about every dtype cast of its models.
-    if next(module.parameters()).dtype != dtype:
-        module.to(dtype=dtype)
-
-
-@contextlib.contextmanager
-def _flush_denormals(device: torch.device) -> Iterator[None]:
-    """On CPUs, treat denormal floats as zero while training.
-
-    LoRA's zero-initialised up weights make tiny gradients whose squares (Adam's second moment) are denormal,
-    and x86 CPUs compute on denormals many times slower: flushing them made CPU training about 3x faster at no
-    visible cost. GPUs are unaffected.
-    """
-    if device.type != "cpu" or not torch.set_flush_denormal(True):
-        yield
-        return
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
 
 
 def _training_scheduler(scheduler_config: dict[str, Any]) -> Any:
