@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from PIL import Image, ImageDraw, ImageOps, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageOps, PngImagePlugin
 
 from atelier.campaign.text import BUNDLED_FAMILIES, DEFAULT_FAMILY, FittedText, draw_fitted_text, fit_text
 from atelier.engine import parse_infotext, read_infotext
 from atelier.errors import AtelierError, NotFoundError, UnsafeFileError
 from atelier.files import write_atomic, write_text_atomic
+from atelier.images import open_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 MANIFEST_NAME = "manifest.jsonl"
@@ -71,11 +72,12 @@ def _natural_key(path: Path) -> list[Any]:
 def _image_from_file(path: Path) -> SheetImage | None:
     """An image with the prompt, seed and settings of its A1111 infotext; None for our own PNG grids."""
     try:
-        with Image.open(path) as opened:
+        with open_image(path, field="images", label=str(path), load=False) as opened:
             if SHEET_MARKER in opened.info:
                 return None
             infotext = read_infotext(opened)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+    except (AtelierError, OSError):
+        # Shown as an unreadable tile rather than stopping the sheet.
         return SheetImage(path)
     if not infotext:
         return SheetImage(path)
@@ -419,10 +421,10 @@ def render_grid_png(
 
 def _thumbnail(path: Path, size: int) -> Image.Image | None:
     try:
-        with Image.open(path) as opened:
-            opened.draft("RGB", (size, size))
+        with open_image(path, field="images", label=str(path), load=False) as opened:
+            opened.draft("RGB", (size, size))  # JPEGs decode at a fraction of their size: much faster
             picture = ImageOps.exif_transpose(opened).convert("RGB")
-    except (UnidentifiedImageError, OSError):
+    except (AtelierError, OSError):
         return None
     picture.thumbnail((size, size), Image.Resampling.LANCZOS)
     return picture

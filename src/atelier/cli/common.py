@@ -8,27 +8,13 @@ from pathlib import Path
 from atelier.errors import AtelierError
 
 DEFAULT_DATA_DIR = Path("atelier-data")
-MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 
 
 def load_image(path: str | os.PathLike[str], *, what: str):
-    from PIL import Image, UnidentifiedImageError
+    """A user's own picture (init image, mask, control image), opened with the default pixel limit."""
+    from atelier.images import open_image
 
-    path = Path(path)
-    if not path.is_file():
-        raise AtelierError(f"{what} not found: {path}", field=what)
-    try:
-        with Image.open(path) as image:
-            # Checked from the header, before any pixel is decoded.
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise AtelierError(
-                    f"{what} {path} has {image.width}x{image.height} pixels, more than {MAX_IMAGE_PIXELS}",
-                    field=what,
-                )
-            image.load()
-            return image.copy()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise AtelierError(f"{what} {path} is not a readable image ({exc})", field=what) from None
+    return open_image(path, field=what, label=f"{what} {path}")
 
 
 def writable_folder(path: str | os.PathLike[str], *, what: str) -> Path:

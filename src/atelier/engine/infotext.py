@@ -26,10 +26,11 @@ import os
 import re
 from pathlib import Path
 
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, PngImagePlugin
 
-from atelier.errors import AtelierError, NotFoundError
+from atelier.errors import NotFoundError
 from atelier.files import write_atomic
+from atelier.images import open_image
 
 PARAMETERS_KEY = "parameters"
 NEGATIVE_PROMPT_PREFIX = "Negative prompt:"
@@ -148,13 +149,9 @@ def read_infotext(path_or_image: str | os.PathLike[str] | Image.Image) -> str | 
     path = Path(path_or_image)
     if not path.is_file():
         raise NotFoundError(f"image file {str(path)!r} does not exist", field="image")
-    try:
-        with Image.open(path) as image:
-            return _infotext_of(image)
-    except UnidentifiedImageError:
-        raise AtelierError(f"{str(path)!r} is not an image file Atelier can read", field="image") from None
-    except Image.DecompressionBombError:
-        raise AtelierError(f"{str(path)!r} has too many pixels to open safely", field="image") from None
+    # Only the header is read: the infotext is in the PNG text chunks or the EXIF block.
+    with open_image(path, field="image", label=repr(str(path)), load=False) as image:
+        return _infotext_of(image)
 
 
 def _infotext_of(image: Image.Image) -> str | None:

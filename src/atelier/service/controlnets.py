@@ -24,6 +24,7 @@ from PIL import Image
 from atelier.engine import ControlNetLibrary, ControlUnit, detect_controlnet_architecture
 from atelier.errors import AtelierError
 from atelier.files import write_text_atomic
+from atelier.images import open_image
 from atelier.service.registry import ModelRecord
 from atelier.service.security import decode_image
 from atelier.service.storage import Storage, check_key
@@ -176,16 +177,18 @@ def store_units(storage: Storage, job_id: str, units: Sequence[ControlUnit]) -> 
     return stored
 
 
-def load_units(storage: Storage, stored: Sequence[Mapping[str, Any]]) -> list[ControlUnit]:
+def load_units(
+    storage: Storage, stored: Sequence[Mapping[str, Any]], *, max_pixels: int
+) -> list[ControlUnit]:
     """The units a job payload carries, with their images read back from storage."""
     units = []
     for entry in stored:
         settings = {name: entry[name] for name in UNIT_SETTINGS if name in entry}
         image = None
         if entry.get("image_key"):
-            with Image.open(io.BytesIO(storage.get_bytes(entry["image_key"]))) as opened:
-                opened.load()
-                image = opened.copy()
+            image = open_image(
+                storage.get_bytes(entry["image_key"]), field="image_key", max_pixels=max_pixels
+            )
         units.append(ControlUnit(image=image, **settings))
     return units
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import io
 import secrets
 import threading
 import time
@@ -29,11 +28,12 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from atelier.errors import AtelierError, NotFoundError
+from atelier.images import open_image
 from atelier.service.database import UtcDateTime, metadata, migrate, utc_now
 
 KEY_PREFIX = "atk_"
@@ -243,15 +243,6 @@ class AccessPolicy:
 # Request bodies and images.
 
 
-def check_pixels(width: int, height: int, limit: int, *, field: str) -> None:
-    """Refuse images of more than ``limit`` pixels."""
-    if width * height > limit:
-        raise AtelierError(
-            f"{field} is {width}x{height} = {width * height} pixels, over the limit of {limit} pixels",
-            field=field,
-        )
-
-
 def decode_image(text: object, *, field: str, max_pixels: int) -> Image.Image:
     """Decode a base64 image (optionally a ``data:image/...;base64,`` URL) sent by a client.
 
@@ -269,16 +260,4 @@ def decode_image(text: object, *, field: str, max_pixels: int) -> Image.Image:
         data = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise AtelierError(f"{field} is not valid base64", field=field) from None
-    try:
-        image = Image.open(io.BytesIO(data))
-        check_pixels(image.width, image.height, max_pixels, field=field)
-        image.load()
-    except Image.DecompressionBombError:
-        raise AtelierError(f"{field} has more pixels than the limit of {max_pixels}", field=field) from None
-    except UnidentifiedImageError:
-        raise AtelierError(
-            f"{field} is not an image Atelier can read (PNG, JPEG or WebP)", field=field
-        ) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise AtelierError(f"{field} is a damaged image ({exc})", field=field) from None
-    return image
+    return open_image(data, field=field, max_pixels=max_pixels)

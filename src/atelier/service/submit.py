@@ -22,10 +22,10 @@ from PIL import Image
 
 from atelier.errors import AtelierError, UnsafeFileError
 from atelier.files import TEMP_PREFIX, parse_toml
+from atelier.images import check_pixels
 from atelier.service.job_types import GeneratePayload, TrainPayload
 from atelier.service.jobs import Job
 from atelier.service.registry import ModelRecord
-from atelier.service.security import check_pixels
 from atelier.service.studio import Studio
 
 # Request fields a client may set, in GenerationRequest's (A1111's) vocabulary. Images and model names are
@@ -109,7 +109,7 @@ def prepare_generation(
     )
     request.validate(max_controlnet_units=studio.config.max_controlnet_units)
     limits = studio.config
-    check_pixels(request.width, request.height, limits.max_image_pixels, field="width")
+    check_pixels(request.width, request.height, limits.max_image_pixels, label="width", field="width")
     if request.width * request.height * request.batch_size > limits.max_output_pixels:
         raise AtelierError(
             f"batch_size {request.batch_size} at {request.width}x{request.height} is over the limit of "

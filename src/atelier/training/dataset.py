@@ -22,9 +22,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image
 
 from atelier.errors import AtelierError
+from atelier.images import open_image
 from atelier.training.dataset_config import (
     DEFAULT_CAPTION_EXTENSION,
     IMAGE_EXTENSIONS,
@@ -105,17 +106,10 @@ def read_caption(
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     """Decode the whole image (catching truncated files) and return its displayed ``(width, height)``."""
-    image_path = Path(path)
-    try:
-        with Image.open(image_path) as image:
-            image.load()
-            width, height = image.size
-            if image.getexif().get(ExifTags.Base.Orientation) in _ROTATED_ORIENTATIONS:
-                width, height = height, width
-    except Image.DecompressionBombError as exc:
-        raise AtelierError(f"{image_path} is too large to train on ({exc})", field="images") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise AtelierError(f"{image_path} is not a readable image ({exc})", field="images") from exc
+    with open_image(path, field="images", label=str(path)) as image:
+        width, height = image.size
+        if image.getexif().get(ExifTags.Base.Orientation) in _ROTATED_ORIENTATIONS:
+            width, height = height, width
     return width, height
 
 
@@ -124,9 +118,7 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
 
     White, not black, because transparent product cut-outs are meant to be seen on a white page.
     """
-    with Image.open(path) as opened:
-        image = ImageOps.exif_transpose(opened)
-        image.load()
+    image = open_image(path, field="images", label=str(path), orient=True)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 from atelier.campaign.ad.spec import MAX_MATERIAL_SIDE, MIN_TEXT_PX, RGB, Brand, Channel, Rect
 from atelier.campaign.templates import (
@@ -26,7 +26,7 @@ from atelier.campaign.text import (
     get_font,
     ink_width,
 )
-from atelier.errors import AtelierError
+from atelier.images import open_image
 
 
 @dataclass(frozen=True)
@@ -461,11 +461,8 @@ def _source_offset(position: tuple[int, int]) -> tuple[int, int]:
 
 
 def open_material(path: Path, name: str, what: str, background: RGB | None) -> Image.Image:
-    try:
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened).convert("RGBA")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise AtelierError(f"{what} {name} is not a readable image: {exc}", field=what) from exc
+    with open_image(path, field=what, label=f"{what} {name}", orient=True) as opened:
+        image = opened.convert("RGBA")
     image.thumbnail((MAX_MATERIAL_SIDE, MAX_MATERIAL_SIDE), Image.Resampling.LANCZOS)
     if background is None:
         return image

@@ -9,10 +9,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from atelier.campaign.batch.scenes import MAX_PHOTO_PIXELS
 from atelier.errors import AtelierError
+from atelier.images import open_image
 
 
 @dataclass(frozen=True)
@@ -106,18 +107,7 @@ def _read_file(path: Path, relative: str, what: str) -> bytes:
 
 
 def decode_photo(data: bytes, relative: str, what: str, *, load: bool) -> Image.Image:
-    try:
-        image = Image.open(io.BytesIO(data))
-        if image.width * image.height > MAX_PHOTO_PIXELS:
-            raise AtelierError(
-                f"{what} {relative} is {image.width}x{image.height}, more than {MAX_PHOTO_PIXELS} pixels",
-                field=what,
-            )
-        if load:
-            image.load()
-        return image
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise AtelierError(f"{what} {relative} is not a readable image ({exc})", field=what) from None
+    return open_image(data, field=what, label=f"{what} {relative}", max_pixels=MAX_PHOTO_PIXELS, load=load)
 
 
 def _photo(catalog: Catalog, relative: str, what: str) -> tuple[PhotoFile, Image.Image]:

@@ -17,8 +17,9 @@ from atelier.engine import (
 )
 from atelier.errors import AtelierError
 from atelier.files import read_toml
+from atelier.images import DEFAULT_MAX_PIXELS
 
-MAX_PHOTO_PIXELS = 64 * 1024 * 1024
+MAX_PHOTO_PIXELS = DEFAULT_MAX_PIXELS
 MODEL_HASH_LENGTH = 10  # A1111's short model hash: enough to tell checkpoints apart, same in both modes
 MAX_SEED = 2**32 - 1
 _SCENE_DEFAULTS = GenerationRequest(prompt="")

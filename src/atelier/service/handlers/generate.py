@@ -14,6 +14,7 @@ import uuid
 from datetime import UTC
 from typing import Any
 
+from atelier.images import open_image
 from atelier.service.handlers.context import WorkerContext
 from atelier.service.job_types import GeneratedImage, GeneratePayload, GenerateResult
 from atelier.service.jobs import Job
@@ -70,7 +71,9 @@ def run_generate(worker: WorkerContext, job: Job, lease: JobLease) -> GenerateRe
 
         # Refreshes the S3 mirror too, so a ControlNet uploaded after this worker started is found.
         worker.engine.controlnets = controlnet_library(worker.storage, worker.config.cache_dir)
-        controlnet_units = load_units(worker.storage, payload.controlnet_units)
+        controlnet_units = load_units(
+            worker.storage, payload.controlnet_units, max_pixels=worker.config.max_image_pixels
+        )
     request = GenerationRequest(
         **params,
         model=str(worker.files.local_path(checkpoint)),
@@ -140,8 +143,5 @@ def run_generate(worker: WorkerContext, job: Job, lease: JobLease) -> GenerateRe
 
 
 def _load_input(worker: WorkerContext, key: str) -> Any:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(worker.storage.get_bytes(key))) as image:
-        image.load()
-        return image.copy()
+    # Checked at submission; checked again because storage may be shared with other writers.
+    return open_image(worker.storage.get_bytes(key), field=key, max_pixels=worker.config.max_image_pixels)
