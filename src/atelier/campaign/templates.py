@@ -24,13 +24,13 @@ Item styles come from the template's ``[styles.<item>]`` tables, overridden per 
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from PIL import ImageColor
 
+from atelier.config_models import closest
 from atelier.errors import AtelierError, NotFoundError
 from atelier.files import read_toml
 
@@ -244,8 +244,8 @@ class _TemplateParser:
             raise self.fail(where, "must be a table")
         for key in table:
             if key not in allowed:
-                close = difflib.get_close_matches(key, sorted(allowed), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                guess = closest(key, allowed)
+                hint = f" (did you mean {guess!r}?)" if guess else ""
                 raise self.fail(f"{where}.{key}" if where else key, f"is not a known key{hint}")
         return table
 

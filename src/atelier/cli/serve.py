@@ -11,13 +11,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from atelier.cli.common import DEFAULT_DATA_DIR
-
 
 def add_studio_arguments(parser: argparse.ArgumentParser) -> None:
     """Where the studio's database, storage and cache are (shared by serve and worker)."""
+    # Defaults are None so that ATELIER_* environment variables (StudioConfig) apply when a flag is not given.
     parser.add_argument(
-        "--data", type=Path, default=DEFAULT_DATA_DIR, help="data folder (default ./atelier-data)"
+        "--data", type=Path, default=None, help="data folder (default: $ATELIER_DATA_DIR or ./atelier-data)"
     )
     parser.add_argument("--db", default=None, help="database URL (default: SQLite in the data folder)")
     parser.add_argument(
@@ -35,15 +34,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "serve", help="run the studio: HTTP API, workers, bucket watchers", description=__doc__
     )
     add_studio_arguments(p)
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=None, help="port to listen on (default 7860)")
     p.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
-    )
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument(
-        "--min-workers", type=int, default=0, help="local workers kept running when idle (default 0)"
+        "--min-workers", type=int, default=None, help="local workers kept running when idle (default 0)"
     )
     p.add_argument(
-        "--max-workers", type=int, default=1, help="local workers at most (0: run workers elsewhere)"
+        "--max-workers",
+        type=int,
+        default=None,
+        help="local workers at most (default 1; 0: run workers elsewhere)",
     )
     p.add_argument(
         "--no-watch", action="store_true", help="do not watch the training-data and models buckets"
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         min_workers=args.min_workers,
         max_workers=args.max_workers,
-        watch=not args.no_watch,
+        watch=False if args.no_watch else None,
         allowed_hosts=tuple(args.allowed_host) if args.allowed_host else None,
     )
     check_port_free(config.host, config.port)
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     # The UI is a client of the public API; it is mounted here, where the layers are put together.
     mount_ui(server.app)
     print(
-        f"Atelier studio on http://{args.host}:{args.port}  (Studio UI: /, API docs: /docs, A1111 API: /sdapi/v1)",
+        f"Atelier studio on http://{config.host}:{config.port}  (Studio UI: /, API docs: /docs, A1111 API: /sdapi/v1)",
         flush=True,
     )
     server.run()

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
+from pydantic import ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from atelier.config_models import ConfigModel, config_error, unknown_key_error
 from atelier.errors import AtelierError
 
 DEFAULT_DATA_DIR = Path("atelier-data")
@@ -39,18 +42,25 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-@dataclass(frozen=True)
-class StudioConfig:
+class StudioConfig(ConfigModel, BaseSettings):
     """Everything the API, the workers and the watchers of one studio need to agree on.
 
     Build it with :meth:`for_data_dir`, which fills in the embedded defaults (SQLite and local buckets inside
-    the data folder); every field can be overridden there.
+    the data folder). Every field can also come from an ``ATELIER_<FIELD>`` environment variable
+    (``ATELIER_DATABASE_URL``, ``ATELIER_STORAGE_URL``, ``ATELIER_MAX_WORKERS``, ...), as container deployments
+    configure their programs; explicit values (CLI flags) win over the environment, which wins over the defaults.
     """
 
-    data_dir: Path
-    database_url: str
-    storage_url: str
-    cache_dir: Path
+    model_config = SettingsConfigDict(
+        env_prefix="ATELIER_", env_ignore_empty=True, extra="forbid", frozen=True
+    )
+    config_name: ClassVar[str] = "studio settings"
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    # Derived from data_dir when not given (see _embedded_defaults).
+    database_url: str = ""
+    storage_url: str = ""
+    cache_dir: Path = Path()
     storage_endpoint_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 7860
@@ -88,41 +98,51 @@ class StudioConfig:
     # Host names the API answers to besides the loopback ones (ATELIER_ALLOWED_HOSTS, comma-separated; "*" for
     # any). Empty: loopback names when listening on loopback; any name when listening beyond it, where keys
     # are required anyway.
-    allowed_hosts: tuple[str, ...] = ()
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
     # How long an A1111-style request waits for its job before answering 504 (the job goes on).
     request_timeout_seconds: float = 3600.0
 
     @classmethod
-    def for_data_dir(
-        cls, data_dir: str | os.PathLike[str] = DEFAULT_DATA_DIR, **overrides: Any
-    ) -> StudioConfig:
-        """The embedded defaults for one data folder, with ``overrides`` applied (``None`` keeps a default)."""
-        root = Path(data_dir).expanduser().resolve()
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - known)
+    def for_data_dir(cls, data_dir: str | os.PathLike[str] | None = None, **overrides: Any) -> StudioConfig:
+        """The embedded defaults for one data folder, with ``overrides`` applied (``None`` keeps a default).
+
+        With no ``data_dir``, ``ATELIER_DATA_DIR`` or ``./atelier-data``.
+        """
+        unknown = sorted(set(overrides) - set(cls.model_fields))
         if unknown:
-            raise AtelierError(f"unknown studio setting {unknown[0]!r}", field=unknown[0])
-        values: dict[str, Any] = {
-            "data_dir": root,
-            "database_url": f"sqlite:///{root / DATABASE_FILENAME}",
-            "storage_url": str(root),
-            "cache_dir": root / CACHE_DIRNAME,
-        }
-        values.update(_from_environment())
-        values.update({key: value for key, value in overrides.items() if value is not None})
-        if "cache_dir" in overrides and overrides["cache_dir"] is not None:
-            values["cache_dir"] = Path(overrides["cache_dir"]).expanduser().resolve()
-        config = cls(**values)
-        config.validate()
-        return config
+            raise unknown_key_error(unknown[0], cls.model_fields, where=cls.config_name)
+        values = {key: value for key, value in overrides.items() if value is not None}
+        if data_dir is not None:
+            values["data_dir"] = data_dir
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise config_error(exc, cls, cls.config_name) from None
 
-    def with_changes(self, **changes: Any) -> StudioConfig:
-        """A copy with some fields changed, validated."""
-        config = replace(self, **changes)
-        config.validate()
-        return config
+    @model_validator(mode="before")
+    @classmethod
+    def _embedded_defaults(cls, data: Any) -> Any:
+        """SQLite, the buckets and the cache inside the data folder, for whatever was not given."""
+        if not isinstance(data, dict):
+            return data
+        values = dict(data)
+        root = Path(values.get("data_dir") or DEFAULT_DATA_DIR).expanduser().resolve()
+        values["data_dir"] = root
+        values.setdefault("database_url", f"sqlite:///{root / DATABASE_FILENAME}")
+        values.setdefault("storage_url", str(root))
+        values["cache_dir"] = Path(values.get("cache_dir") or root / CACHE_DIRNAME).expanduser().resolve()
+        return values
 
-    def validate(self) -> None:
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_host_list(cls, value: Any) -> Any:
+        # ATELIER_ALLOWED_HOSTS=studio.example.com,atelier.internal, the way such variables are usually written.
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> StudioConfig:
         """Raise :class:`AtelierError` naming the first setting that cannot work."""
         _whole("port", self.port, 0, 65535)
         _whole("min_workers", self.min_workers, 0, 256)
@@ -157,10 +177,9 @@ class StudioConfig:
             _whole(name, getattr(self, name), 1, 2**62)
         if not self.host:
             raise AtelierError("host is empty", field="host")
-        if not isinstance(self.allowed_hosts, tuple) or not all(
-            isinstance(name, str) and name.strip() for name in self.allowed_hosts
-        ):
+        if not all(name.strip() for name in self.allowed_hosts):
             raise AtelierError("allowed_hosts must be a list of host names", field="allowed_hosts")
+        return self
 
     def trusted_hosts(self) -> frozenset[str] | None:
         """The Host names requests may carry (None: any). Loopback names always; see ``allowed_hosts``."""
@@ -172,18 +191,6 @@ class StudioConfig:
 
 
 LOOPBACK_HOSTS = LOOPBACK_NAMES | {"127.0.0.1", "::1"}
-
-
-def _from_environment() -> dict[str, Any]:
-    """Settings a deployment gives as ``ATELIER_*`` environment variables."""
-    values: dict[str, Any] = {}
-    allow_private = os.environ.get("ATELIER_WEBHOOK_ALLOW_PRIVATE", "").strip().lower()
-    if allow_private:
-        values["webhook_allow_private"] = allow_private in ("1", "true", "yes", "on")
-    hosts = os.environ.get("ATELIER_ALLOWED_HOSTS", "").strip()
-    if hosts:
-        values["allowed_hosts"] = tuple(name.strip() for name in hosts.split(",") if name.strip())
-    return values
 
 
 def _whole(name: str, value: Any, low: int, high: int) -> None:

@@ -23,7 +23,6 @@ Some kohya options are accepted for compatibility and mean what the closest Atel
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import types
@@ -33,6 +32,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from atelier.config_models import closest
 from atelier.errors import AtelierError
 from atelier.files import read_toml
 from atelier.training.dataset_config import toml_type_name
@@ -467,8 +467,8 @@ def check_value(key: str, value: Any, where: str = "the config") -> Any:
 
 
 def unknown_key(key: str, where: str) -> AtelierError:
-    close = difflib.get_close_matches(key.replace("-", "_"), FIELD_NAMES, n=1)
-    hint = f" (did you mean `{close[0]}`?)" if close else ""
+    guess = closest(key, FIELD_NAMES)
+    hint = f" (did you mean `{guess}`?)" if guess else ""
     return AtelierError(f"unknown key `{key}` in {where}{hint}", field=key)
 
 

@@ -6,7 +6,6 @@ resolved against its folder (``AdSpec.resolve_file``: confined for API specs, fr
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from atelier.campaign.text import (
     bundled_font_names,
     font_family_from_file,
 )
+from atelier.config_models import unknown_key_error
 from atelier.errors import AtelierError, NotFoundError, UnsafeFileError
 from atelier.files import read_toml
 
@@ -210,9 +210,7 @@ _ANIMATION_KEYS = ("channel", "seconds_per_material", "crossfade_seconds", "gif_
 def _check_keys(table: dict[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
     for key in table:
         if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(allowed)}"
-            raise AtelierError(f"unknown key {prefix + key!r} in ad spec{hint}", field=prefix + key)
+            raise unknown_key_error(key, allowed, where="ad spec", prefix=prefix)
 
 
 def _string(data: dict[str, Any], key: str, *, required: bool = False) -> str:

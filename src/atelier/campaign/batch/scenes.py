@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 import string
 from collections.abc import Iterator
@@ -10,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from atelier.config_models import unknown_key_error
 from atelier.engine import (
     GenerationRequest,
     check_name,
@@ -153,9 +153,7 @@ def _check_template(text: str, where: str) -> None:
 def _check_keys(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
     for key in table:
         if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(allowed)}"
-            raise AtelierError(f"unknown key {key!r} in {where}{hint}", field=key)
+            raise unknown_key_error(key, allowed, where=where)
 
 
 def _number(value: Any, key: str, where: str) -> float:
