@@ -46,11 +46,13 @@ def unknown_key_error(
 class ConfigModel(BaseModel):
     """A settings or spec model whose bad input is one :class:`AtelierError` naming the field.
 
-    Build instances with :meth:`parse` (``where`` names the file or source in messages). Rules that involve more
-    than one field raise :class:`AtelierError` from a model validator; pydantic passes it through unchanged.
+    Build instances with :meth:`parse` (``where`` names the file or source in messages). Values are checked
+    strictly, as written: ``"600"`` is not a number and ``true`` is not 1 (an int still counts as a float).
+    Rules that involve more than one field raise :class:`AtelierError` from a validator; pydantic passes it
+    through unchanged.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     #: How messages name a document of this kind when ``parse`` is given no ``where``.
     config_name: ClassVar[str] = "settings"
 
@@ -62,31 +64,58 @@ class ConfigModel(BaseModel):
             raise config_error(exc, cls, where or cls.config_name) from None
 
 
+_BOUND_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
+
+
 def config_error(exc: ValidationError, model: type[BaseModel], where: str) -> AtelierError:
-    """The first of pydantic's errors as one line: the dotted field, what is wrong, and what was given."""
+    """The first of pydantic's errors as one line in Atelier's words: the dotted field, what is wrong, the value."""
     errors = exc.errors(include_url=False)
     # A misspelt key also makes the key it was meant to be "missing": name the misspelling, with its correction.
     error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     location = [str(part) for part in error["loc"]]
     field = ".".join(location) or None
+    name = field or "value"
     if error["type"] == "extra_forbidden" and location:
         prefix = "".join(f"{part}." for part in location[:-1])
         return unknown_key_error(location[-1], _known_keys(model, location[:-1]), where=where, prefix=prefix)
-    message = error["msg"]
-    # pydantic words its own messages "Input should be ..."; validators' ValueErrors arrive as "Value error, ...".
-    message = message.removeprefix("Value error, ")
+    if error["type"] == "missing":
+        return AtelierError(f"{name} is required in {where}", field=field)
+    given = error.get("input")
+    if error["type"] in _BOUND_ERRORS:
+        low, high = _bounds(model, location)
+        if low is not None and high is not None:
+            return AtelierError(
+                f"{name} must be a number from {low:g} to {high:g}, got {given!r}", field=field
+            )
+    message = error["msg"].removeprefix("Value error, ")
     message = message[:1].lower() + message[1:]
-    given = "" if error["type"] == "missing" else f", got {error.get('input')!r}"
-    return AtelierError(f"{field or 'value'} in {where}: {message}{given}", field=field)
+    return AtelierError(f"{name} in {where}: {message}, got {given!r}", field=field)
 
 
-def _known_keys(model: type[BaseModel], path: list[str]) -> list[str]:
-    """The field names (by alias where one is set) of the model that ``path`` leads to from ``model``."""
+def _model_at(model: type[BaseModel], path: list[str]) -> type[BaseModel] | None:
+    """The nested model that ``path`` (field names) leads to from ``model``; None when it leads elsewhere."""
     current = model
     for part in path:
         field = current.model_fields.get(part)
         annotation = field.annotation if field is not None else None
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
+            return None
         current = annotation
-    return [info.alias or name for name, info in current.model_fields.items()]
+    return current
+
+
+def _known_keys(model: type[BaseModel], path: list[str]) -> list[str]:
+    """The field names (by alias where one is set) of the model at ``path``."""
+    current = _model_at(model, path)
+    return [] if current is None else [info.alias or name for name, info in current.model_fields.items()]
+
+
+def _bounds(model: type[BaseModel], location: list[str]) -> tuple[float | None, float | None]:
+    """The lower and upper bounds (``Field(ge=..., le=...)``) of the field at ``location``."""
+    owner = _model_at(model, location[:-1])
+    field = owner.model_fields.get(location[-1]) if owner is not None and location else None
+    low = high = None
+    for rule in field.metadata if field is not None else []:
+        low = next((getattr(rule, k) for k in ("ge", "gt") if getattr(rule, k, None) is not None), low)
+        high = next((getattr(rule, k) for k in ("le", "lt") if getattr(rule, k, None) is not None), high)
+    return low, high

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import Field
 
 from atelier.config_models import ConfigModel, closest, unknown_key_error
 from atelier.errors import AtelierError
@@ -17,6 +18,7 @@ class Spec(ConfigModel):
     config_name = "ad spec"
     headline: str
     seconds: float = 1.0
+    rate: float = Field(default=1.0, ge=0.2, le=20)
     brand: Brand = Brand()
 
 
@@ -46,6 +48,10 @@ def test_validation_errors_are_one_line_with_the_dotted_field() -> None:
     ) as caught:
         Spec.parse({"headline": "Hi", "seconds": "soon"})
     assert caught.value.field == "seconds"
-    with pytest.raises(AtelierError, match=r"^headline in ad spec: field required$"):
+    with pytest.raises(AtelierError, match=r"^headline is required in ad spec$"):
         Spec.parse({})
+    with pytest.raises(AtelierError, match=r"^rate must be a number from 0.2 to 20, got 30$"):
+        Spec.parse({"headline": "Hi", "rate": 30})
+    with pytest.raises(AtelierError, match=r"^seconds in ad spec: input should be a valid number") as caught:
+        Spec.parse({"headline": "Hi", "seconds": True})
     assert "\n" not in str(caught.value)

@@ -51,8 +51,9 @@ class StudioConfig(ConfigModel, BaseSettings):
     configure their programs; explicit values (CLI flags) win over the environment, which wins over the defaults.
     """
 
+    # Not strict: environment variables are text ("4" is meant as 4).
     model_config = SettingsConfigDict(
-        env_prefix="ATELIER_", env_ignore_empty=True, extra="forbid", frozen=True
+        env_prefix="ATELIER_", env_ignore_empty=True, extra="forbid", frozen=True, strict=False
     )
     config_name: ClassVar[str] = "studio settings"
 

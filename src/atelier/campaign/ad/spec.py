@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import ImageColor
+from pydantic import Field, ValidationInfo, field_validator
 
 from atelier.campaign.templates import (
     Template,
@@ -24,7 +25,7 @@ from atelier.campaign.text import (
     bundled_font_names,
     font_family_from_file,
 )
-from atelier.config_models import unknown_key_error
+from atelier.config_models import ConfigModel
 from atelier.errors import AtelierError, NotFoundError, UnsafeFileError
 from atelier.files import read_toml
 
@@ -109,14 +110,18 @@ def contrast_ratio(first: RGB, second: RGB) -> float:
     return (lighter + 0.05) / (darker + 0.05)
 
 
-@dataclass(frozen=True)
-class Brand:
-    """The four brand colour roles templates refer to."""
+class Brand(ConfigModel):
+    """The four brand colour roles templates refer to (``[brand]`` in a spec: ``#RRGGBB`` or CSS names)."""
 
     primary: RGB = (255, 255, 255)
     secondary: RGB = (200, 200, 200)
     text: RGB = (255, 255, 255)
     background: RGB = (17, 17, 17)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _colour(cls, value: Any, info: ValidationInfo) -> Any:
+        return value if isinstance(value, tuple) else parse_color(value, f"brand.{info.field_name}")
 
     def color(self, role: str) -> RGB:
         """A role name or a literal ``#RRGGBB`` as RGB."""
@@ -132,12 +137,68 @@ class Brand:
         return max(((255, 255, 255), (17, 17, 17)), key=lambda color: contrast_ratio(color, fill))
 
 
-@dataclass(frozen=True)
-class AnimationSettings:
+class AnimationSettings(ConfigModel):
+    """``[animation]``: the GIF/MP4 made from all materials, on one channel's layout."""
+
     channel: Channel | None = None
-    seconds_per_material: float = 1.5
-    crossfade_seconds: float = 0.5
-    gif_max_side: int = 600
+    seconds_per_material: float = Field(default=1.5, ge=0.2, le=20)
+    crossfade_seconds: float = Field(default=0.5, ge=0, le=5)
+    gif_max_side: int = Field(default=600, ge=64, le=MAX_CHANNEL_SIDE)
+
+    @field_validator("channel", mode="before")
+    @classmethod
+    def _channel(cls, value: Any) -> Any:
+        return value if value is None or isinstance(value, Channel) else parse_channel(value)
+
+
+class _SpecFile(ConfigModel):
+    """The spec as written (TOML or JSON): every key known, every value checked, before files are looked at."""
+
+    config_name = "ad spec"
+
+    materials: list[str] = Field(min_length=1)
+    headline: str
+    body: str = ""
+    cta: str = ""
+    logo: str | None = None
+    channels: list[str] = ["square"]
+    template: str = "hero"
+    font: str = "roboto"
+    brand: Brand = Brand()
+    animation: AnimationSettings = AnimationSettings()
+
+    @field_validator("materials")
+    @classmethod
+    def _file_names(cls, materials: list[str]) -> list[str]:
+        for entry in materials:
+            if not entry.strip():
+                raise AtelierError(f"materials entries must be file names, got {entry!r}", field="materials")
+        return materials
+
+    @field_validator("headline")
+    @classmethod
+    def _required(cls, headline: str) -> str:
+        if not headline.strip():
+            raise AtelierError("headline is required", field="headline")
+        return headline
+
+    @field_validator("logo")
+    @classmethod
+    def _logo(cls, logo: str | None) -> str | None:
+        if logo is not None and not logo.strip():
+            raise AtelierError("logo must be an image file name", field="logo")
+        return logo
+
+    def parsed_channels(self) -> tuple[Channel, ...]:
+        if not self.channels:
+            raise AtelierError("channels must be a non-empty list", field="channels")
+        channels = tuple(parse_channel(name) for name in self.channels)
+        seen: set[str] = set()
+        for channel in channels:
+            if channel.name in seen:
+                raise AtelierError(f"channel {channel.name!r} is listed twice", field="channels")
+            seen.add(channel.name)
+        return channels
 
 
 @dataclass(frozen=True)
@@ -191,100 +252,24 @@ class AdSpec:
         return font_family_from_file(self.resolve_file(self.font, "font"))
 
 
-_SPEC_KEYS = (
-    "materials",
-    "headline",
-    "body",
-    "cta",
-    "logo",
-    "channels",
-    "template",
-    "font",
-    "brand",
-    "animation",
-)
-_BRAND_KEYS = ("primary", "secondary", "text", "background")
-_ANIMATION_KEYS = ("channel", "seconds_per_material", "crossfade_seconds", "gif_max_side")
-
-
-def _check_keys(table: dict[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
-    for key in table:
-        if key not in allowed:
-            raise unknown_key_error(key, allowed, where="ad spec", prefix=prefix)
-
-
-def _string(data: dict[str, Any], key: str, *, required: bool = False) -> str:
-    value = data.get(key, "")
-    if not isinstance(value, str):
-        raise AtelierError(f"{key} must be text, got {type(value).__name__}", field=key)
-    if required and not value.strip():
-        raise AtelierError(f"{key} is required", field=key)
-    return value
-
-
-def _number(table: dict[str, Any], key: str, default: float, low: float, high: float, where: str) -> float:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise AtelierError(f"{where}.{key} must be a number from {low:g} to {high:g}", field=f"{where}.{key}")
-    return float(value)
-
-
 def parse_ad_spec(data: dict[str, Any], base_dir: Path, *, confined: bool = True) -> AdSpec:
     """Check an ad spec given as a dict (parsed TOML or JSON); files are resolved against ``base_dir``.
 
     ``confined`` (for specs from the API) keeps every file it names inside ``base_dir``.
     """
-    _check_keys(data, _SPEC_KEYS, "")
-    materials = data.get("materials")
-    if not isinstance(materials, list) or not materials:
-        raise AtelierError("materials must be a non-empty list of image files", field="materials")
-    for entry in materials:
-        if not isinstance(entry, str) or not entry.strip():
-            raise AtelierError(f"materials entries must be file names, got {entry!r}", field="materials")
-
-    channel_names = data.get("channels", ["square"])
-    if not isinstance(channel_names, list) or not channel_names:
-        raise AtelierError("channels must be a non-empty list", field="channels")
-    channels = tuple(parse_channel(name) for name in channel_names)
-    seen: set[str] = set()
-    for channel in channels:
-        if channel.name in seen:
-            raise AtelierError(f"channel {channel.name!r} is listed twice", field="channels")
-        seen.add(channel.name)
-
-    brand_table = data.get("brand", {})
-    if not isinstance(brand_table, dict):
-        raise AtelierError("brand must be a table of colours", field="brand")
-    _check_keys(brand_table, _BRAND_KEYS, "brand.")
-    brand = Brand(**{key: parse_color(value, f"brand.{key}") for key, value in brand_table.items()})
-
-    animation_table = data.get("animation", {})
-    if not isinstance(animation_table, dict):
-        raise AtelierError("animation must be a table", field="animation")
-    _check_keys(animation_table, _ANIMATION_KEYS, "animation.")
-    animation = AnimationSettings(
-        channel=parse_channel(animation_table["channel"]) if "channel" in animation_table else None,
-        seconds_per_material=_number(animation_table, "seconds_per_material", 1.5, 0.2, 20, "animation"),
-        crossfade_seconds=_number(animation_table, "crossfade_seconds", 0.5, 0, 5, "animation"),
-        gif_max_side=int(_number(animation_table, "gif_max_side", 600, 64, MAX_CHANNEL_SIDE, "animation")),
-    )
-
-    logo = data.get("logo")
-    if logo is not None and (not isinstance(logo, str) or not logo.strip()):
-        raise AtelierError("logo must be an image file name", field="logo")
-
+    written = _SpecFile.parse(data)
     spec = AdSpec(
         base_dir=Path(base_dir),
-        materials=tuple(materials),
-        headline=_string(data, "headline", required=True),
-        body=_string(data, "body"),
-        cta=_string(data, "cta"),
-        logo=logo,
-        channels=channels,
-        template=_string(data, "template") or "hero",
-        font=_string(data, "font") or "roboto",
-        brand=brand,
-        animation=animation,
+        materials=tuple(written.materials),
+        headline=written.headline,
+        body=written.body,
+        cta=written.cta,
+        logo=written.logo,
+        channels=written.parsed_channels(),
+        template=written.template or "hero",
+        font=written.font or "roboto",
+        brand=written.brand,
+        animation=written.animation,
         confined=confined,
     )
     if spec.logo is not None:
