@@ -6,8 +6,7 @@ import base64
 import io
 import shutil
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,11 @@ from atelier.service.modelfiles import folder_version, upload_folder
 from atelier.service.registry import ModelRecord, inspect_model
 from atelier.service.studio import Studio
 from atelier.service.worker import Worker
+from polling import QUICK_TIMINGS
+from polling import wait_for as wait_for  # re-exported: the studio tests import it from here
 
-# Short leases and polls so that crashes, cancels and watchers resolve within a second or two.
 FAST = {
-    "lease_seconds": 2.0,
-    "poll_seconds": 0.01,
-    "progress_seconds": 0.1,
-    "settle_seconds": 0.2,
-    "watch_seconds": 0.1,
+    **QUICK_TIMINGS,
     "scale_down_after_seconds": 0.5,
     "supervise_seconds": 0.1,
     "webhook_backoff_seconds": 0.05,
@@ -90,18 +86,6 @@ def running_worker(studio: Studio, **kwargs: Any) -> Iterator[Worker]:
     finally:
         worker.stop()
         thread.join(timeout=60)
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02) -> Any:
-    """Poll until ``condition()`` is truthy and return its value; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {condition}")
-        time.sleep(interval)
 
 
 def png_base64(image: Any) -> str:

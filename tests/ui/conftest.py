@@ -16,6 +16,8 @@ import httpx
 import pytest
 from ui_helpers import RunningStudio
 
+from polling import QUICK_TIMINGS
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -26,14 +28,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "ui"
-# Short leases and polls, so cancels and progress show within a fraction of a second.
-FAST = {
-    "lease_seconds": 2.0,
-    "poll_seconds": 0.01,
-    "progress_seconds": 0.1,
-    "settle_seconds": 0.2,
-    "watch_seconds": 0.1,
-}
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +41,9 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStudio]:
     from atelier.ui import mount_ui
 
     torch.set_num_threads(1)
-    config = StudioConfig.for_data_dir(tmp_path_factory.mktemp("ui") / "data", port=0, max_workers=0, **FAST)
+    config = StudioConfig.for_data_dir(
+        tmp_path_factory.mktemp("ui") / "data", port=0, max_workers=0, **QUICK_TIMINGS
+    )
     server = StudioServer(config, log_level="warning")
     mount_ui(server.app)
     url = server.start()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import base64
 import io
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+
+from polling import wait_for as wait_for  # re-exported: the UI tests import it from here
 
 
 @dataclass
@@ -25,17 +25,6 @@ class RunningStudio:
         response = self.client.get(f"/api/files/{key}")
         response.raise_for_status()
         return response.content
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
 
 
 def png_bytes(image: Any, parameters: str | None = None) -> bytes:

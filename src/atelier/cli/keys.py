@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from atelier.cli.serve import add_studio_arguments
+from atelier.cli.serve import add_studio_arguments, studio_config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,14 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from atelier.service.config import StudioConfig
     from atelier.service.database import open_database
     from atelier.service.job_store import SqlJobStore
     from atelier.service.registry import StudioSettings
     from atelier.service.security import ApiKeyStore
     from atelier.service.webhooks import WebhookDeliveries
 
-    config = StudioConfig.for_data_dir(args.data, database_url=args.db)
+    config = studio_config(args)
     database = open_database(config.database_url)
     try:
         keys = ApiKeyStore(database)

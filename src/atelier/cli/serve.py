@@ -10,6 +10,10 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from atelier.service.config import StudioConfig
 
 
 def add_studio_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +31,21 @@ def add_studio_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cache", type=Path, default=None, help="local model cache (default: DATA/cache)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
+def studio_config(args: argparse.Namespace, **settings: Any) -> StudioConfig:
+    """The studio settings from the arguments of :func:`add_studio_arguments` and command-specific ``settings``."""
+    from atelier.service.config import StudioConfig
+
+    return StudioConfig.for_data_dir(
+        args.data,
+        database_url=args.db,
+        storage_url=args.storage,
+        storage_endpoint_url=args.s3_endpoint,
+        cache_dir=args.cache,
+        device=args.device,
+        **settings,
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,18 +78,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from atelier.service.config import StudioConfig
     from atelier.service.server import StudioServer, check_port_free
     from atelier.ui import mount_ui
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = StudioConfig.for_data_dir(
-        args.data,
-        database_url=args.db,
-        storage_url=args.storage,
-        storage_endpoint_url=args.s3_endpoint,
-        cache_dir=args.cache,
-        device=args.device,
+    config = studio_config(
+        args,
         host=args.host,
         port=args.port,
         min_workers=args.min_workers,

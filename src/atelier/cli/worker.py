@@ -13,7 +13,7 @@ import argparse
 import logging
 import signal
 
-from atelier.cli.serve import add_studio_arguments
+from atelier.cli.serve import add_studio_arguments, studio_config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +33,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from atelier.cli.common import quiet_libraries
-    from atelier.service.config import StudioConfig
     from atelier.service.studio import Studio
     from atelier.service.worker import Worker
 
@@ -43,13 +42,8 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(max(1, args.threads))
-    config = StudioConfig.for_data_dir(
-        args.data,
-        database_url=args.db,
-        storage_url=args.storage,
-        storage_endpoint_url=args.s3_endpoint,
-        cache_dir=args.cache,
-        device=args.device,
+    config = studio_config(
+        args,
         lease_seconds=args.lease,
         poll_seconds=args.poll,
         progress_seconds=args.progress,

@@ -14,6 +14,7 @@ describe the newest schema for queries; a test checks that they and the migratio
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,16 @@ _MIGRATION_LOCK_KEY = 0x41544C52
 
 # Every table of the studio, in one place: the stores add theirs to it.
 metadata = sa.MetaData()
+
+
+def json_row(row: Any, *, leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A row dataclass (job, ledger entry, model record, key) as JSON-safe values, datetimes as ISO 8601."""
+    values = {
+        field.name: getattr(row, field.name)
+        for field in dataclasses.fields(row)
+        if field.name not in leave_out
+    }
+    return {key: value.isoformat() if isinstance(value, datetime) else value for key, value in values.items()}
 
 
 def utc_now() -> datetime:

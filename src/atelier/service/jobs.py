@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
+
+from atelier.service.database import json_row
 
 JOB_KINDS = ("generate", "train")
 JOB_STATES = ("queued", "running", "succeeded", "failed", "canceled")
@@ -61,11 +63,7 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         """The job as JSON-safe values, datetimes as ISO 8601 strings."""
-        out: dict[str, Any] = {}
-        for field in fields(self):
-            value = getattr(self, field.name)
-            out[field.name] = value.isoformat() if isinstance(value, datetime) else value
-        return out
+        return json_row(self)
 
 
 @dataclass(frozen=True)

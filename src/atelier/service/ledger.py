@@ -23,7 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from atelier.errors import AtelierError, NotFoundError
-from atelier.service.database import UtcDateTime, metadata, migrate, open_database, utc_now
+from atelier.service.database import UtcDateTime, json_row, metadata, migrate, open_database, utc_now
 
 LEDGER_STATES = ("processing", "done", "failed")
 MAX_LIST_LIMIT = 1000
@@ -60,11 +60,7 @@ class LedgerEntry:
 
     def to_dict(self) -> dict[str, Any]:
         """The entry as JSON-safe values, datetimes as ISO 8601 strings."""
-        out: dict[str, Any] = {}
-        for field in fields(self):
-            value = getattr(self, field.name)
-            out[field.name] = value.isoformat() if isinstance(value, datetime) else value
-        return out
+        return json_row(self)
 
 
 _ENTRY_FIELDS = tuple(field.name for field in fields(LedgerEntry))

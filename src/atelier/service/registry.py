@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from atelier.errors import AtelierError, ConflictError, NotFoundError, UnsafeFileError
-from atelier.service.database import UtcDateTime, metadata, migrate, utc_now, write_engine
+from atelier.service.database import UtcDateTime, json_row, metadata, migrate, utc_now, write_engine
 
 MODEL_KINDS = ("checkpoint", "lora")
 MODEL_SOURCES = ("upload", "training", "demo")
@@ -114,10 +114,7 @@ class ModelRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe values, datetimes as ISO 8601 strings, plus the derived title and display name."""
-        out: dict[str, Any] = {}
-        for item in fields(self):
-            value = getattr(self, item.name)
-            out[item.name] = value.isoformat() if isinstance(value, datetime) else value
+        out = json_row(self)
         out["title"] = self.title
         out["display_name"] = self.display_name
         out["short_hash"] = self.short_hash

@@ -23,7 +23,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 
 from atelier.errors import AtelierError, NotFoundError
 from atelier.images import open_image
-from atelier.service.database import UtcDateTime, metadata, migrate, utc_now
+from atelier.service.database import UtcDateTime, json_row, metadata, migrate, utc_now
 
 KEY_PREFIX = "atk_"
 _KEY_NAME_MAX = 100
@@ -70,10 +70,7 @@ class ApiKey:
         return self.revoked_at is None
 
     def to_dict(self) -> dict[str, Any]:
-        out = {field.name: getattr(self, field.name) for field in fields(self) if field.name != "key_hash"}
-        return {
-            key: value.isoformat() if isinstance(value, datetime) else value for key, value in out.items()
-        }
+        return json_row(self, leave_out=("key_hash",))
 
 
 @dataclass(frozen=True)
