@@ -323,7 +323,8 @@ def test_the_page_asks_for_an_api_key_when_the_studio_requires_one(open_page, st
         page.fill("#key-input", secret)
         page.click("#key-form button[type=submit]")
         page.wait_for_selector("#models-table tr[data-model='atelier-demo-sd15']")
-        assert not page.is_visible("#key-dialog")
+        # The table fills before /api/whoami answers and the dialog closes: wait for the close, not a snapshot.
+        page.wait_for_selector("#key-dialog", state="hidden", timeout=5000)
         assert page.evaluate("localStorage.getItem('atelier.apiKey')") == secret
     finally:
         keys.revoke("ui-test")
