@@ -81,6 +81,9 @@ def running_worker(studio: Studio, **kwargs: Any) -> Iterator[Worker]:
     worker = new_worker(studio, **kwargs)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
+    # Warm-up loads the default model in that thread; diffusers' loading is not safe to run beside another
+    # load in the same process (accelerate patches torch globally), which only tests ever do.
+    worker.ready.wait(timeout=120)
     try:
         yield worker
     finally:

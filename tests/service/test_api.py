@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -279,10 +280,68 @@ def test_metrics_show_queue_depth_and_latency(client):
     assert 'atelier_job_latency_seconds_count{kind="generate",state="succeeded"}' in text
 
 
-def test_openapi_docs_are_served(client):
-    assert client.get("/docs").status_code == 200
+def test_openapi_docs_are_served_with_their_scripts_from_this_machine(client):
+    for page in ("/docs", "/redoc"):
+        html = client.get(page)
+        assert html.status_code == 200
+        scripts = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html.text)
+        assert scripts, page
+        for script in scripts:
+            # No CDN: an offline studio's docs page would be blank.
+            assert script.startswith("/docs-assets/"), script
+            asset = client.get(script)
+            assert asset.status_code == 200 and len(asset.content) > 10_000, script
     paths = client.get("/openapi.json").json()["paths"]
     assert "/api/generate" in paths and "/sdapi/v1/txt2img" in paths
+
+
+def test_readiness_waits_for_a_generation_worker_with_its_model_loaded(tiny_models, tmp_path):
+    server, url = start_server(tmp_path / "data", tiny_models)
+    try:
+        with httpx.Client(base_url=url) as anonymous:
+            assert anonymous.get("/api/health").status_code == 200  # alive at once...
+            not_ready = anonymous.get("/api/health/ready")
+            assert not_ready.status_code == 503 and not_ready.json()["ready"] is False  # ...ready later
+            with running_worker(server.studio, kinds=["generate"]):
+                ready = wait_for(lambda: (r := anonymous.get("/api/health/ready")).status_code == 200 and r)
+                assert ready.json()["models_loaded"] == ["tiny-sd15"]
+                for _ in range(2):
+                    job = anonymous.post("/api/generate", json=SMALL).json()
+                    wait_for(lambda job=job: anonymous.get(f"/api/jobs/{job['id']}").json()["finished_at"])
+                metrics = anonymous.get("/metrics").text
+            # Two generations, one model load: the warm worker never read the checkpoint again.
+            assert "atelier_model_loads_total 1.0" in metrics
+            assert 'atelier_workers_live{kind="generate"} 1.0' in metrics
+            assert anonymous.get("/api/health/ready").status_code == 503  # its only worker stopped
+    finally:
+        server.stop()
+
+
+def test_a_waiting_generation_says_what_it_waits_for_and_what_it_is(tiny_models, tmp_path):
+    server, url = start_server(tmp_path / "data", tiny_models)
+    store = server.studio.store
+    try:
+        with httpx.Client(base_url=url) as client:
+            run = store.submit("train", {"output_name": "oue-windbreaker", "base": "tiny-sd15"}, priority=-1)
+            store.claim("trainer", kinds=["train"])
+            store.heartbeat(run.id, "trainer", step=10, total=100)
+            waiting = store.submit("train", {"output_name": "oue-parka", "base": "tiny-sd15"}, priority=-1)
+            shown = client.get(f"/api/jobs/{waiting.id}").json()
+            assert shown["queue_position"] == 0
+            reason = shown["waiting_for"]["reason"]
+            assert reason.startswith("training oue-windbreaker, ~") and reason.endswith(" left"), reason
+            assert shown["waiting_for"]["eta_seconds"] >= 0
+            assert shown["label"] == {"name": "oue-parka", "base": "tiny-sd15"}
+            picture = client.post("/api/generate", json={**SMALL, "prompt": "a parka " * 20}).json()
+            shown = client.get(f"/api/jobs/{picture['id']}").json()
+            # No generation worker runs here and the training run is in another lane: nothing ahead of it.
+            assert (shown["queue_position"], shown["waiting_for"]) == (0, None)
+            label = shown["label"]
+            assert (
+                label["model"] == "tiny-sd15" and label["prompt"].endswith("…") and len(label["prompt"]) == 80
+            )
+    finally:
+        server.stop()
 
 
 def test_api_keys_are_required_once_one_exists(tiny_models, tmp_path):

@@ -14,7 +14,7 @@ from studio_helpers import fast_config, install_checkpoint, wait_for
 
 from atelier.service.studio import Studio
 from atelier.service.submit import prepare_generation, submit_generation
-from atelier.service.supervisor import WorkerSupervisor, worker_command
+from atelier.service.supervisor import Lane, WorkerSupervisor, worker_command
 
 SMALL = {"prompt": "a red bottle", "steps": 2, "width": 64, "height": 64, "seed": 11}
 # Worker processes inherit these: a test run on two cores stays responsive.
@@ -61,6 +61,29 @@ def test_a_worker_killed_mid_job_leaves_the_job_to_another_worker(tmp_path, post
     finally:
         for process in workers.values():
             stop(process)
+        studio.close()
+
+
+def test_sigterm_during_a_long_job_hands_it_back_within_the_grace_period(tmp_path, tiny_models):
+    config = fast_config(tmp_path / "data", stop_grace_seconds=1.0)
+    studio = Studio.open(config)
+    worker = None
+    try:
+        install_checkpoint(studio, tiny_models("sd15"), "tiny-sd15")
+        job = submit_generation(studio, prepare_generation(studio, {**SMALL, "steps": 500, "batch_count": 8}))
+        worker = start_worker(config, "scaled-down")
+        wait_for(lambda: studio.store.get(job.id).progress_step, timeout=120)
+        worker.send_signal(signal.SIGTERM)  # a scale-down or a deploy
+        assert worker.wait(timeout=30) == 0
+        handed_back = studio.store.get(job.id)
+        # Not lost, not failed, no attempt used up: the next worker runs it.
+        assert (handed_back.state, handed_back.attempts, handed_back.worker_id) == ("queued", 0, None)
+        assert handed_back.error == "the worker was stopped; the job was requeued"
+        board = {record.id: record.state for record in studio.workers.list()}
+        assert board["scaled-down"] == "stopped"
+    finally:
+        if worker is not None:
+            stop(worker)
         studio.close()
 
 
@@ -136,13 +159,17 @@ def supervised(tmp_path, database_url, tiny_models):
     clock = FakeTime()
     spawned: list[subprocess.Popen] = []
 
-    def spawn(worker_id: str) -> subprocess.Popen:
+    def spawn(worker_id: str, lane: Lane) -> subprocess.Popen:
         process = subprocess.Popen([sys.executable, "-c", SLEEPER])
         spawned.append(process)
         return process
 
     supervisor = WorkerSupervisor(
-        studio.store, min_workers=0, max_workers=2, spawn=spawn, scale_down_after=30, monotonic=clock
+        studio.store,
+        lanes=[Lane("generate", ("generate",), 0, 2), Lane("train", ("train",), 0, 1)],
+        spawn=spawn,
+        scale_down_after=30,
+        monotonic=clock,
     )
     yield studio, supervisor, clock, spawned
     supervisor.shutdown(timeout=5)
@@ -188,7 +215,7 @@ def test_the_supervisor_scales_on_queue_depth_and_down_to_zero(supervised):
 
 def test_the_supervisor_replaces_crashed_workers_and_keeps_the_minimum(supervised):
     studio, supervisor, clock, spawned = supervised
-    supervisor.min_workers = 1
+    supervisor.lanes["generate"] = Lane("generate", ("generate",), 1, 2)
     supervisor.tick()
     assert supervisor.counts()["running"] == 1
     submit_generation(studio, prepare_generation(studio, SMALL))
@@ -207,10 +234,51 @@ def test_the_supervisor_replaces_crashed_workers_and_keeps_the_minimum(supervise
     assert supervisor.counts()["running"] == 1
 
 
+def test_training_gets_its_own_worker_so_generation_is_not_held_back(supervised):
+    studio, supervisor, clock, spawned = supervised
+    run = studio.store.submit("train", {"output_name": "oue-windbreaker"}, priority=-1)
+    supervisor.tick()
+    assert supervisor.counts("train")["running"] == 1
+    assert supervisor.counts("generate")["running"] == 0
+    (trainer,) = supervisor.worker_ids
+    assert studio.store.claim(trainer, kinds=["train"]).id == run.id
+    picture = submit_generation(studio, prepare_generation(studio, SMALL))
+    supervisor.tick()
+    # A colleague's generation gets a generation worker while the LoRA trains.
+    assert supervisor.counts("generate")["running"] == 1
+    assert supervisor.counts("train")["running"] == 1
+    assert studio.store.queue_position(picture.id) == 0  # the training run does not count as ahead of it
+
+
+def test_idle_time_counts_from_the_workers_last_job_not_from_when_the_queue_emptied(supervised):
+    studio, supervisor, clock, spawned = supervised
+    jobs = [submit_generation(studio, prepare_generation(studio, SMALL)) for _ in range(2)]
+    supervisor.tick()
+    first, second = supervisor.worker_ids
+    claimed = [studio.store.claim(first), studio.store.claim(second)]
+    supervisor.tick()
+    studio.store.complete(claimed[0].id, first, {})
+    supervisor.tick()  # the queue is empty from here on; the second worker runs a long job
+    clock.now += 100
+    supervisor.tick()
+    assert supervisor.counts("generate") == {"running": 1, "stopping": 1}  # the first, idle 100 s, stops
+    studio.store.complete(claimed[1].id, second, {})
+    clock.now += 0.4
+    supervisor.tick()
+    # The old timer started when the queue emptied, 100 s ago, and stopped this worker 0.4 s after its job.
+    assert second in supervisor.worker_ids
+    assert supervisor.counts("generate")["running"] == 1
+    assert {job.id for job in jobs} == {job.id for job in claimed}
+
+
 def test_local_cpu_workers_share_the_cores(tmp_path):
-    single = fast_config(tmp_path, max_workers=1, device="cpu")
-    assert "--threads" not in worker_command(single, "w1")
-    shared = fast_config(tmp_path, max_workers=2, device="cpu")
-    command = worker_command(shared, "w1")
+    alone = fast_config(tmp_path, max_workers=1, max_train_workers=0, device="cpu")
+    assert "--threads" not in worker_command(alone, "w1")
+    # A generation worker and a training worker may compute at once: each gets half the cores.
+    beside_training = fast_config(tmp_path, max_workers=1, device="cpu")
+    command = worker_command(beside_training, "w1")
     assert command[command.index("--threads") + 1] == str(max(1, (os.cpu_count() or 1) // 2))
+    shared = fast_config(tmp_path, max_workers=2, max_train_workers=1, device="cpu")
+    command = worker_command(shared, "w1")
+    assert command[command.index("--threads") + 1] == str(max(1, (os.cpu_count() or 1) // 3))
     assert "--threads" not in worker_command(fast_config(tmp_path, max_workers=4, device="cuda"), "w1")

@@ -142,3 +142,37 @@ def test_a_studio_spread_over_machines_on_postgresql_and_s3(
     finally:
         server.stop()
         worker_studio.close()
+
+
+def test_a_generation_submitted_while_a_lora_trains_finishes_first(tmp_path, tiny_models):
+    """``serve`` as shipped: real worker processes, one generation lane (kept warm) and one training lane."""
+    pytest.importorskip("atelier.training.recipe")
+    config = fast_config(tmp_path / "data", port=0, min_workers=1, max_workers=1, max_train_workers=1)
+    setup = Studio.open(config)
+    install_checkpoint(setup, tiny_models("sd15"), "tiny-sd15")
+    setup.close()
+    server = StudioServer(config, log_level="warning")
+    url = server.start()
+    try:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            wait_for(lambda: client.get("/api/health/ready").status_code == 200, timeout=120)
+            storage = server.studio.storage
+            long_run = TINY_TRAINING.replace(b"max_train_epochs = 1", b"max_train_epochs = 400")
+            storage.put_bytes("training-data/parka.toml", long_run)
+            storage.put_bytes("training-data/parka.zip", _training_zip())
+            run = wait_for(
+                lambda: client.get("/api/jobs", params={"kind": "train"}).json()["jobs"], timeout=30
+            )[0]
+            wait_for(lambda: client.get(f"/api/jobs/{run['id']}").json()["step"], timeout=120)
+            picture = client.post("/api/generate", json={**SMALL, "prompt": "a parka"}).json()
+            done = wait_for(
+                lambda: (found := client.get(f"/api/jobs/{picture['id']}").json())["finished_at"] and found,
+                timeout=60,
+            )
+            assert done["state"] == "succeeded", done["error"]
+            training = client.get(f"/api/jobs/{run['id']}").json()
+            assert training["state"] == "running", training  # still training: the picture did not wait for it
+            assert training["label"]["name"] == "parka"
+            client.post(f"/api/jobs/{run['id']}/cancel")
+    finally:
+        server.stop()

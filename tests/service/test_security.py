@@ -28,7 +28,13 @@ def test_embedded_defaults_live_in_one_data_folder(tmp_path):
     assert config.database_url == f"sqlite:///{tmp_path / 'studio' / 'atelier.db'}"
     assert config.storage_url == str(tmp_path / "studio")
     assert config.cache_dir == tmp_path / "studio" / "cache"
-    assert (config.host, config.port, config.min_workers) == ("127.0.0.1", 7860, 0)
+    # One generation worker stays warm; training gets a lane of its own.
+    assert (config.host, config.port, config.min_workers, config.max_train_workers) == (
+        "127.0.0.1",
+        7860,
+        1,
+        1,
+    )
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import threading
 from datetime import UTC
@@ -110,6 +112,69 @@ def test_a_worker_told_to_abandon_its_job_hands_it_back(studio):
     assert handed_back.state == "queued"
     assert "requeued" in handed_back.error
     assert handed_back.worker_id is None
+    # Being stopped is not the job's fault: it keeps its attempts and its place at the front of the queue.
+    assert handed_back.attempts == 0
+    assert handed_back.queued_at == job.queued_at
+
+
+def test_a_stopped_worker_finishes_a_short_job_within_its_grace_period(studio):
+    job = submit(studio, steps=30)
+    worker = new_worker(studio)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    wait_for(lambda: (studio.store.get(job.id).progress_step or 0) >= 1)
+    worker.stop(grace_seconds=120)  # SIGTERM from a scale-down or a deploy
+    thread.join(timeout=60)
+    assert studio.store.get(job.id).state == "succeeded"
+
+
+def test_a_stopped_worker_hands_a_long_job_back_after_its_grace_period(studio):
+    job = submit(studio, steps=500, batch_count=4)
+    worker = new_worker(studio)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    wait_for(lambda: (studio.store.get(job.id).progress_step or 0) >= 1)
+    worker.stop(grace_seconds=0.3)
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    handed_back = studio.store.get(job.id)
+    assert (handed_back.state, handed_back.attempts, handed_back.worker_id) == ("queued", 0, None)
+    assert studio.store.claim("another-worker").id == job.id  # the next worker takes it up: nothing lost
+
+
+def test_progress_carries_a_live_preview_and_the_result_its_timings(studio):
+    long_job = submit(studio, steps=400)
+    with running_worker(studio):
+        running = wait_for(
+            lambda: (found := studio.store.get(long_job.id)).progress_info.get("preview") and found
+        )
+        studio.store.cancel(long_job.id)
+    header, data = running.progress_info["preview"].split(",", 1)
+    assert header == "data:image/jpeg;base64"
+    preview = Image.open(io.BytesIO(base64.b64decode(data)))
+    assert preview.size == (8, 8)  # the linear decode: one pixel per latent pixel of a 64 px image
+    assert running.progress_info["preview_step"] % 5 == 0
+    job = submit(studio, steps=3)
+    with running_worker(studio):
+        done = wait_for(lambda: (found := studio.store.get(job.id)).finished and found)
+    timings = done.result["timings"]
+    assert timings["steps"] == 3
+    assert 0 < timings["seconds_per_step"] <= timings["generate_seconds"]
+
+
+def test_a_warm_worker_loads_the_default_model_once_and_says_so_on_the_board(studio):
+    assert not studio.workers.generation_ready()
+    with running_worker(studio, kinds=["generate"]) as worker:
+        wait_for(studio.workers.generation_ready)
+        (record,) = studio.workers.live("generate")
+        assert record.loaded_models and record.model_loads == 1  # loaded before any job arrived
+        for _ in range(2):
+            job = submit(studio)
+            wait_for(lambda job=job: studio.store.get(job.id).finished)
+        wait_for(lambda: studio.workers.live()[0].state == "ready")
+    assert worker.engine.models.loads == 1
+    assert studio.workers.model_loads_total() == 1
+    assert not studio.workers.live()  # a stopped worker leaves the board's live list at once
 
 
 def test_queue_position_and_priorities(studio):

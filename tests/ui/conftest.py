@@ -50,6 +50,7 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStudio]:
     worker = Worker(server.studio)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
+    worker.ready.wait(timeout=120)  # the default model is loaded before any test loads one of its own
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
             yield RunningStudio(url=url, server=server, client=client)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from ui_helpers import b64, png_bytes, wait_for
 
-TABS = ("txt2img", "img2img", "inpaint", "history", "models", "training", "queue")
+TABS = ("txt2img", "img2img", "inpaint", "history", "models", "training", "ads", "queue")
 # The tiny demo model at its smallest size: each image takes a fraction of a second on one CPU thread.
 SMALL = {"#g-width": "64", "#g-height": "64", "#g-steps": "2", "#g-seed": "7"}
 
@@ -151,6 +151,26 @@ def test_inpaint_with_an_uploaded_mask_keeps_the_unmasked_pixels(open_page, stud
     assert "Mask blur: 0" in job["result"]["images"][0]["infotext"]
 
 
+def test_a_file_that_is_not_an_image_replaces_the_photo_and_blocks_generate(open_page, studio):
+    page = open_page("inpaint")
+    page.set_input_files("#i-image-file", files=[file_payload("photo.png", png_bytes(photo()))])
+    page.wait_for_selector("#mask-editor[data-empty=false]")
+    assert page.is_enabled("#g-submit")
+    page.set_input_files("#i-image-file", files=[file_payload("notes.png", b"not a picture at all")])
+    error = page.wait_for_selector("[data-field=inpaint_image] .field-error")
+    assert "notes.png is not an image" in error.inner_text()
+    # The previous photo is gone, so nothing can be generated from it by mistake.
+    page.wait_for_selector("#mask-editor[data-empty=true]", state="attached")
+    assert not page.is_enabled("#g-submit")
+    page.click("#tab-txt2img")
+    assert page.is_enabled("#g-submit")  # only the tab with the refused file is blocked
+    page.click("#tab-inpaint")
+    assert not page.is_enabled("#g-submit")
+    page.set_input_files("#i-image-file", files=[file_payload("photo.png", png_bytes(photo()))])
+    page.wait_for_selector("#mask-editor[data-empty=false]")
+    assert page.is_enabled("#g-submit")
+
+
 def test_a_painted_mask_repaints_only_where_the_brush_went(open_page, studio):
     page = open_page("inpaint")
     source = photo((96, 64))
@@ -188,6 +208,8 @@ def test_cancelling_a_running_job_and_a_queued_one_from_the_queue(open_page, stu
     page.click("#g-submit")
     entry = page.wait_for_selector("#jobs-strip .job-entry")
     page.wait_for_function("document.querySelector('#jobs-strip .status-line').textContent.includes('step')")
+    # The live preview forms in the job's entry while it runs.
+    page.wait_for_selector("#jobs-strip .job-entry .live-preview[src^='data:image/jpeg']", state="visible")
     running_id = entry.get_attribute("data-job")
     queued_id = studio.client.post(
         "/api/generate", json={"prompt": "waits", "steps": 500, "width": 256, "height": 256}
@@ -355,7 +377,11 @@ def show_something(page, tab: str) -> None:
         page.wait_for_selector("#history-grid .history-card img[src^='blob:']")
 
 
-@pytest.mark.parametrize("size", [(1366, 768), (1920, 1080)], ids=["1366x768", "1920x1080"])
+@pytest.mark.parametrize(
+    "size",
+    [(390, 844), (768, 1024), (1366, 768), (1920, 1080)],
+    ids=["phone-390", "tablet-768", "1366x768", "1920x1080"],
+)
 def test_every_tab_is_labelled_fits_the_window_and_is_screenshotted(open_page, studio, artifacts, size):
     width, height = size
     page = open_page("txt2img", width=width, height=height)
@@ -368,6 +394,9 @@ def test_every_tab_is_labelled_fits_the_window_and_is_screenshotted(open_page, s
     page.screenshot(path=str(artifacts / f"viewer-{width}x{height}.png"))
     page.keyboard.press("Escape")
     for tab in TABS:
+        # Every tab is on screen, whole, at every width: reachable with one tap, no strip to scroll.
+        box = page.locator(f"#tab-{tab}").bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= width, (tab, box)
         page.click(f"#tab-{tab}")
         show_something(page, tab)
         page.wait_for_timeout(300)

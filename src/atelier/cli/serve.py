@@ -56,13 +56,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=None, help="port to listen on (default 7860)")
     p.add_argument(
-        "--min-workers", type=int, default=None, help="local workers kept running when idle (default 0)"
+        "--min-workers",
+        type=int,
+        default=None,
+        help="generation workers kept running, model loaded, when idle (default 1)",
     )
     p.add_argument(
         "--max-workers",
         type=int,
         default=None,
-        help="local workers at most (default 1; 0: run workers elsewhere)",
+        help="generation workers at most (default 1; 0: run no workers here, they run elsewhere)",
+    )
+    p.add_argument(
+        "--max-train-workers",
+        type=int,
+        default=None,
+        help="training workers at most, beside the generation workers (default 1)",
+    )
+    p.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=None,
+        help="a worker beyond the minimum stops this long after its last job (default 30)",
     )
     p.add_argument(
         "--no-watch", action="store_true", help="do not watch the training-data and models buckets"
@@ -88,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         min_workers=args.min_workers,
         max_workers=args.max_workers,
+        max_train_workers=args.max_train_workers,
+        scale_down_after_seconds=args.idle_seconds,
         watch=False if args.no_watch else None,
         allowed_hosts=tuple(args.allowed_host) if args.allowed_host else None,
     )

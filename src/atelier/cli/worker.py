@@ -4,7 +4,8 @@ Start any number, on any machines, pointing at the same database and storage:
 
     atelier worker --db postgresql://atelier@db/atelier --storage s3://studio --s3-endpoint http://minio:9000
 
-SIGTERM (or Ctrl-C) stops after the current job; a second one gives the job back to the queue at once.
+SIGTERM (or Ctrl-C) stops taking jobs; the current job finishes within --stop-grace seconds (default 20) or is
+handed back to the queue at its next step, without using up an attempt. A second signal hands it back at once.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--progress", type=float, default=None, help="heartbeat / progress interval in seconds")
     p.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
     p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
+    p.add_argument(
+        "--stop-grace",
+        type=float,
+        default=None,
+        help="on SIGTERM, seconds the current job may take to finish before it is handed back (default 20)",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)")
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=run, uses_models=True)
@@ -47,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         lease_seconds=args.lease,
         poll_seconds=args.poll,
         progress_seconds=args.progress,
+        stop_grace_seconds=args.stop_grace,
     )
     studio = Studio.open(config)
     worker = Worker(
@@ -60,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     def on_signal(_signum: int, _frame: object) -> None:
         nonlocal signals_seen
         signals_seen += 1
-        worker.stop(abandon_current=signals_seen > 1)
+        worker.stop(abandon_current=signals_seen > 1, grace_seconds=config.stop_grace_seconds)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -50,6 +50,9 @@ _EXPORTS = {
     "check_libraries": "versions",
     # generation
     "Engine": "generate",
+    "LinearPreview": "previews",
+    "PreviewDecoders": "previews",
+    "TaesdPreview": "previews",
     "GeneratedImage": "generate",
     "GenerationCanceled": "generate",
     "GenerationRequest": "request",
@@ -131,6 +134,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         needs_model,
         preprocess,
     )
+    from atelier.engine.previews import LinearPreview, PreviewDecoders, TaesdPreview
     from atelier.engine.request import INPAINTING_FILL_MODES, GenerationRequest
     from atelier.engine.samplers import (
         SAMPLER_NAMES,

@@ -40,6 +40,11 @@ class WarmCache(Generic[Loaded]):
                 self._items.popitem(last=False)
             return loaded
 
+    def loaded_paths(self) -> list[str]:
+        """The paths of the models held now, least recently used first."""
+        with self._lock:
+            return [path for path, _device, _dtype in self._items]
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()

@@ -36,6 +36,7 @@ from atelier.engine.infotext import format_infotext
 from atelier.engine.loras import AppliedLora, LoraLibrary, apply_loras
 from atelier.engine.models import LoadedModel, ModelCache
 from atelier.engine.preprocessors import model_folder, needs_model
+from atelier.engine.previews import PreviewDecoder, PreviewDecoders
 from atelier.engine.request import GenerationRequest
 from atelier.engine.samplers import make_scheduler, resolve_sampler
 from atelier.errors import AtelierError, NotFoundError
@@ -43,6 +44,8 @@ from atelier.prompts.parser import parse_prompt, strip_comments
 
 StepCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
+# (picture, steps done, steps in all): a live preview of the first image of the batch.
+PreviewCallback = Callable[[Image.Image, int, int], None]
 
 
 class GenerationCanceled(Exception):
@@ -120,6 +123,7 @@ class Engine:
         controlnet_models: ControlNetCache | None = None,
         preprocessor_models: str | os.PathLike[str] | None = None,
         max_controlnet_units: int = DEFAULT_MAX_UNITS,
+        previews: PreviewDecoders | None = None,
     ) -> None:
         self.device = device or default_device()
         self.dtype = dtype or default_dtype(self.device)
@@ -130,6 +134,7 @@ class Engine:
         self.controlnet_models = controlnet_models or ControlNetCache(max_models=max(max_controlnet_units, 1))
         self.preprocessor_models = preprocessor_models
         self.max_controlnet_units = max_controlnet_units
+        self.previews = previews or PreviewDecoders()
 
     def load(self, model_path: str | os.PathLike[str]) -> LoadedModel:
         return self.models.get(model_path, device=self.device, dtype=self.dtype)
@@ -140,8 +145,14 @@ class Engine:
         *,
         on_step: StepCallback | None = None,
         should_cancel: CancelCheck | None = None,
+        on_preview: PreviewCallback | None = None,
+        preview_every: int = 5,
     ) -> GenerationResult:
-        """Run a request: ``batch_count`` batches of ``batch_size`` images; image i uses seed s+i."""
+        """Run a request: ``batch_count`` batches of ``batch_size`` images; image i uses seed s+i.
+
+        With ``on_preview``, every ``preview_every`` steps the latents are decoded cheaply (TAESD, else the
+        linear approximation, see :mod:`atelier.engine.previews`) and handed over as a picture.
+        """
         request.validate(max_controlnet_units=self.max_controlnet_units)
         if not request.model:
             raise AtelierError("no model given", field="model")
@@ -156,6 +167,12 @@ class Engine:
         progress = _Progress(
             on_step, should_cancel, total=self._steps_per_batch(request) * request.batch_count
         )
+        if on_preview is not None and preview_every > 0:
+            progress.previews = (
+                self.previews.for_architecture(model.architecture, device=self.device, dtype=self.dtype),
+                on_preview,
+                preview_every,
+            )
         run = _Run(request, prompt, model, refiner, sampler, schedule_type, progress, controls)
         result = GenerationResult()
         for batch_index in range(request.batch_count):
@@ -369,7 +386,7 @@ class Engine:
             "num_images_per_prompt": request.batch_size,
             "generator": generators,
             "callback_on_step_end": progress.callback(conditioning),
-            "callback_on_step_end_tensor_inputs": [],
+            "callback_on_step_end_tensor_inputs": progress.tensor_inputs,
         }
         control_modes = control_modes_attached(run.active_controls, cfg=request.cfg_scale > 1.0)
         if refiner is None:
@@ -393,7 +410,7 @@ class Engine:
                 guidance_scale=request.cfg_scale,
                 generator=generators,
                 callback_on_step_end=progress.callback(refine_conditioning),
-                callback_on_step_end_tensor_inputs=[],
+                callback_on_step_end_tensor_inputs=progress.tensor_inputs,
                 output_type="pil",
             ).images
 
@@ -541,12 +558,23 @@ class _Progress:
         self.should_cancel = should_cancel
         self.total = total
         self.done = 0
+        self.previews: tuple[PreviewDecoder, PreviewCallback, int] | None = None
+
+    @property
+    def tensor_inputs(self) -> list[str]:
+        """What the pipeline hands the callback: the latents only when a preview is wanted."""
+        return ["latents"] if self.previews is not None else []
 
     def callback(self, conditioning: Conditioning) -> Callable[..., dict[str, Any]]:
         def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             self.done = min(self.total, self.done + 1)
             if self.on_step is not None:
                 self.on_step(self.done, self.total)
+            if self.previews is not None and "latents" in tensors:
+                decode, on_preview, every = self.previews
+                # No preview of the last step: the finished image follows at once.
+                if self.done % every == 0 and self.done < self.total:
+                    on_preview(decode(tensors["latents"]), self.done, self.total)
             if self.should_cancel is not None and self.should_cancel():
                 raise GenerationCanceled()
             conditioning.step_done(step)

@@ -65,16 +65,22 @@ class StudioConfig(ConfigModel, BaseSettings):
     storage_endpoint_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 7860
-    min_workers: int = 0
+    # Local generation workers: one stays warm (model loaded) when idle; 0 workers at most runs none here.
+    min_workers: int = 1
     max_workers: int = 1
+    # Local training workers, a lane of their own so generation keeps running while a LoRA trains.
+    max_train_workers: int = 1
     # Worker behaviour.
     device: str | None = None
     lease_seconds: float = 30.0
     poll_seconds: float = 0.01
     progress_seconds: float = 0.25
     max_attempts: int = 3
-    # How long the supervisor keeps surplus idle workers before stopping them.
+    # How long a worker beyond the minimum may sit without a job (counted from its last job) before it stops.
     scale_down_after_seconds: float = 30.0
+    # On SIGTERM (scale-down, deploys) a worker finishes its job within this many seconds, else hands it back
+    # to the queue at the next step; the supervisor kills a worker still running this long after asking.
+    stop_grace_seconds: float = 20.0
     supervise_seconds: float = 0.5
     # Bucket watchers: scan period, and how long an object must stay unchanged before it is processed, so that
     # files still being copied into a local folder are not picked up half-written.
@@ -87,6 +93,8 @@ class StudioConfig(ConfigModel, BaseSettings):
     max_image_pixels: int = 4096 * 4096
     max_output_pixels: int = 64 * 1024**2
     max_controlnet_units: int = 3  # ControlNet units per request
+    # A live preview of a generation every this many steps (0: none), sent with its progress.
+    preview_every_steps: int = 5
     # Training started from the training-data bucket without its own .toml.
     train_preset: str = "sd15-lora"
     # Webhooks.
@@ -148,18 +156,22 @@ class StudioConfig(ConfigModel, BaseSettings):
         _whole("port", self.port, 0, 65535)
         _whole("min_workers", self.min_workers, 0, 256)
         _whole("max_workers", self.max_workers, 0, 256)
-        if self.min_workers > self.max_workers:
+        _whole("max_train_workers", self.max_train_workers, 0, 256)
+        # With max_workers 0 this server runs no workers at all, so the minimum does not apply.
+        if self.max_workers and self.min_workers > self.max_workers:
             raise AtelierError(
                 f"min_workers ({self.min_workers}) is above max_workers ({self.max_workers})",
                 field="min_workers",
             )
         _whole("max_attempts", self.max_attempts, 1, 100)
+        _whole("preview_every_steps", self.preview_every_steps, 0, 1000)
         _whole("webhook_attempts", self.webhook_attempts, 1, 100)
         for name in (
             "lease_seconds",
             "poll_seconds",
             "progress_seconds",
             "scale_down_after_seconds",
+            "stop_grace_seconds",
             "supervise_seconds",
             "watch_seconds",
             "webhook_backoff_seconds",

@@ -414,6 +414,26 @@ class SqlJobStore:
         with self.engine.begin() as conn:
             return self._update_held(conn, job_id, worker_id, values)
 
+    def release(self, job_id: str, worker_id: str, note: str) -> bool:
+        """Hand a running job back to the queue, unfinished and without using up an attempt.
+
+        For a worker that is stopping (scale-down, a deploy): the job did nothing wrong, so it keeps its
+        attempts and its place in the queue (``queued_at`` is unchanged) and runs next on another worker. A job
+        whose cancel was requested is marked canceled instead. False if the worker no longer held it.
+        """
+        canceled = jobs_table.c.cancel_requested == sa.true()
+        now = sa.literal(self._now(), UtcDateTime)
+        values = {
+            "state": sa.case((canceled, "canceled"), else_="queued"),
+            "finished_at": sa.case((canceled, now), else_=None),
+            "attempts": sa.case((canceled, jobs_table.c.attempts), else_=jobs_table.c.attempts - 1),
+            "error": sa.case((canceled, jobs_table.c.error), else_=note),
+            "worker_id": None,
+            "lease_expires_at": None,
+        }
+        with self.engine.begin() as conn:
+            return self._update_held(conn, job_id, worker_id, values)
+
     def cancel(self, job_id: str) -> Job:
         """Cancel a job: a queued one at once, a running one by asking its worker (seen at its next heartbeat).
 
@@ -439,11 +459,19 @@ class SqlJobStore:
             return self._update_held(conn, job_id, worker_id, values)
 
     def queue_position(self, job_id: str) -> int | None:
-        """How many queued jobs run before this one (0: next), or None if it is not queued."""
+        """How many queued jobs of its kind run before this one (0: next), or None if it is not queued.
+
+        Only the same kind counts: generation and training have workers of their own (the supervisor's
+        lanes), so a queued training run does not hold a generation back.
+        """
         with self.engine.connect() as conn:
             job = conn.execute(
                 sa.select(
-                    jobs_table.c.state, jobs_table.c.priority, jobs_table.c.queued_at, jobs_table.c.seq
+                    jobs_table.c.state,
+                    jobs_table.c.kind,
+                    jobs_table.c.priority,
+                    jobs_table.c.queued_at,
+                    jobs_table.c.seq,
                 ).where(jobs_table.c.id == job_id)
             ).one_or_none()
             if job is None:
@@ -462,6 +490,7 @@ class SqlJobStore:
                 .select_from(jobs_table)
                 .where(
                     jobs_table.c.state == "queued",
+                    jobs_table.c.kind == job.kind,
                     sa.or_(jobs_table.c.priority > job.priority, same_priority_earlier),
                 )
             ).scalar_one()

@@ -15,22 +15,29 @@ from datetime import datetime
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from atelier.service.database import utc_now
 from atelier.service.jobs import JOB_KINDS, JobStore
+from atelier.service.worker_board import WorkerBoard
 
 # Generation on a warm GPU takes seconds; training takes hours.
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, float("inf"))
 
 
 class _QueueCollector(Collector):
-    def __init__(self, store: JobStore, worker_counts: Callable[[], dict[str, int]] | None) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        worker_counts: Callable[[], dict[str, int]] | None,
+        board: WorkerBoard | None,
+    ) -> None:
         self.store = store
         self.worker_counts = worker_counts
+        self.board = board
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         counts = self.store.counts_by_kind()
         jobs = GaugeMetricFamily(
             "atelier_jobs", "Jobs in the queue table by state and kind", labels=["state", "kind"]
@@ -54,6 +61,24 @@ class _QueueCollector(Collector):
             for state, count in sorted(self.worker_counts().items()):
                 workers.add_metric([state], count)
             yield workers
+        if self.board is not None:
+            yield from self._board_metrics(self.board)
+
+    @staticmethod
+    def _board_metrics(board: WorkerBoard) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        # Every worker of the studio, on any machine: the board is in the shared database.
+        loads = CounterMetricFamily(
+            "atelier_model_loads", "Checkpoints read from disk by workers (a warm worker adds none)"
+        )
+        loads.add_metric([], board.model_loads_total())
+        yield loads
+        live = GaugeMetricFamily(
+            "atelier_workers_live", "Workers seen in the last few seconds, by job kind", labels=["kind"]
+        )
+        records = board.live()
+        for kind in JOB_KINDS:
+            live.add_metric([kind], sum(1 for record in records if kind in record.kinds))
+        yield live
 
 
 class StudioMetrics:
@@ -64,12 +89,13 @@ class StudioMetrics:
         store: JobStore,
         *,
         worker_counts: Callable[[], dict[str, int]] | None = None,
+        board: WorkerBoard | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.store = store
         self._clock = clock
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_QueueCollector(store, worker_counts))
+        self.registry.register(_QueueCollector(store, worker_counts, board))
         self.latency = Histogram(
             "atelier_job_latency_seconds",
             "Time from submission to the end of a job",

@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 FOLDER_MODEL_MARKER = "model_index.json"
 TOKENIZER_SUFFIX = ".tokenizer"
+# TAESD preview decoders (diffusers folders taesd/ and taesdxl/), as A1111 keeps them in models/VAE-approx.
+PREVIEW_PREFIX = "models/vae-approx"
 
 
 def folder_version(objects: Iterable[ObjectInfo]) -> str:

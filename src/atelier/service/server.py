@@ -20,7 +20,7 @@ from atelier.errors import AtelierError
 from atelier.service.api import create_app
 from atelier.service.config import StudioConfig, is_loopback_host
 from atelier.service.studio import Studio
-from atelier.service.supervisor import Spawn, WorkerSupervisor, spawn_worker_process
+from atelier.service.supervisor import LaneSpawn, WorkerSupervisor, spawn_worker_process, studio_lanes
 from atelier.service.watcher import BucketWatcher
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,9 @@ logger = logging.getLogger(__name__)
 class StudioServer:
     """Runs one studio: HTTP API plus background services. ``spawn=None`` uses ``atelier worker`` processes."""
 
-    def __init__(self, config: StudioConfig, *, spawn: Spawn | None = None, log_level: str = "info") -> None:
+    def __init__(
+        self, config: StudioConfig, *, spawn: LaneSpawn | None = None, log_level: str = "info"
+    ) -> None:
         self.config = config
         self.studio = Studio.open(config)
         self.always_require_keys = not is_loopback_host(config.host)
@@ -47,10 +49,11 @@ class StudioServer:
         if config.max_workers > 0:
             self.supervisor = WorkerSupervisor(
                 self.studio.store,
-                min_workers=config.min_workers,
-                max_workers=config.max_workers,
+                lanes=studio_lanes(config),
                 spawn=spawn or spawn_worker_process(config),
                 scale_down_after=config.scale_down_after_seconds,
+                # A little longer than the workers' own grace, which they use to finish or hand back their job.
+                stop_grace_seconds=config.stop_grace_seconds + 10,
             )
         self.app = create_app(
             self.studio,

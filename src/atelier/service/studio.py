@@ -27,6 +27,7 @@ from atelier.service.registry import ModelRecord, ModelRegistry, StudioSettings,
 from atelier.service.security import ApiKeyStore
 from atelier.service.storage import Storage, open_storage
 from atelier.service.webhooks import WebhookDeliveries
+from atelier.service.worker_board import WorkerBoard
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class Studio:
     keys: ApiKeyStore
     webhooks: WebhookDeliveries
     storage: Storage
+    workers: WorkerBoard
 
     @classmethod
     def open(cls, config: StudioConfig) -> Studio:
@@ -80,6 +82,7 @@ class Studio:
                 allow_private=config.webhook_allow_private,
             ),
             storage=storage,
+            workers=WorkerBoard(database),
         )
 
     def close(self) -> None:

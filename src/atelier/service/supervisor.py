@@ -1,10 +1,13 @@
 """Local worker processes, scaled on queue depth: the seed's "auto-scaling based on the request queue size".
 
-``atelier serve --min-workers A --max-workers B`` keeps between A and B ``atelier worker`` processes on this
-machine. Every tick it wants one worker per job that is queued or running on its workers, clamped to
-[min, max], and starts processes up to that number at once. When nothing has been queued for
-``scale_down_after`` seconds it stops idle workers beyond the minimum (never one running a job), down to zero
-when the minimum is zero. A worker that crashes is replaced on the next tick.
+Workers come in lanes (:func:`studio_lanes`): generation workers (``--min-workers A --max-workers B``) and
+training workers (``--max-train-workers C``), each lane scaled on its own queue, so a colleague's picture is
+generated while a LoRA trains. Every tick a lane wants one worker per job of its kinds that is queued or
+running on its workers, clamped to [min, max], and starts processes up to that number at once. A worker
+beyond the minimum is stopped once it has had no job for ``scale_down_after`` seconds, counted from its own
+last job (never one running a job). The generation minimum defaults to one, so a worker stays with its model
+loaded and a request after a quiet hour starts sampling without a reload. A worker that crashes is replaced
+on the next tick.
 
 On a cluster the same role is played by an external autoscaler reading ``atelier_queue_depth`` from
 ``/metrics`` (see docs/service.md); both can be combined.
@@ -26,15 +29,21 @@ from dataclasses import dataclass
 
 from atelier.service.config import StudioConfig
 from atelier.service.database import utc_now
-from atelier.service.jobs import JobStore
+from atelier.service.jobs import MAX_LIST_LIMIT, JobStore
 
 logger = logging.getLogger(__name__)
 
-Spawn = Callable[[str], subprocess.Popen[bytes]]
+LaneSpawn = Callable[[str, "Lane"], subprocess.Popen[bytes]]
 
 
-def worker_command(config: StudioConfig, worker_id: str, *, parent_pid: int | None = None) -> list[str]:
-    """The command line of a local worker process for ``config``."""
+def worker_command(
+    config: StudioConfig,
+    worker_id: str,
+    *,
+    kinds: tuple[str, ...] | None = None,
+    parent_pid: int | None = None,
+) -> list[str]:
+    """The command line of a local worker process for ``config`` (taking ``kinds`` jobs, default all)."""
     command = [
         sys.executable,
         "-m",
@@ -54,7 +63,11 @@ def worker_command(config: StudioConfig, worker_id: str, *, parent_pid: int | No
         str(config.poll_seconds),
         "--progress",
         str(config.progress_seconds),
+        "--stop-grace",
+        str(config.stop_grace_seconds),
     ]
+    if kinds is not None:
+        command += ["--kinds", ",".join(kinds)]
     if config.storage_endpoint_url:
         command += ["--s3-endpoint", config.storage_endpoint_url]
     if config.device:
@@ -73,11 +86,12 @@ def worker_threads(config: StudioConfig) -> int | None:
     Workers that each use every core fight over them: OpenMP threads spin while waiting for each other, and a
     generation gets many times slower instead of half as fast. GPU workers leave the default.
     """
-    if config.max_workers <= 1 or (config.device or "cpu").startswith("cuda"):
+    at_once = config.max_workers + config.max_train_workers
+    if at_once <= 1 or (config.device or "cpu").startswith("cuda"):
         return None
     if config.device is None and _cuda_available():
         return None
-    return max(1, (os.cpu_count() or 1) // config.max_workers)
+    return max(1, (os.cpu_count() or 1) // at_once)
 
 
 def _cuda_available() -> bool:
@@ -88,46 +102,70 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def spawn_worker_process(config: StudioConfig) -> Spawn:
+def spawn_worker_process(config: StudioConfig) -> LaneSpawn:
     """A spawn function starting ``atelier worker`` processes that exit when this process goes away."""
 
-    def spawn(worker_id: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(worker_command(config, worker_id, parent_pid=os.getpid()))
+    def spawn(worker_id: str, lane: Lane) -> subprocess.Popen[bytes]:
+        command = worker_command(config, worker_id, kinds=lane.kinds, parent_pid=os.getpid())
+        return subprocess.Popen(command)
 
     return spawn
 
 
+@dataclass(frozen=True)
+class Lane:
+    """Workers for some job kinds, scaled on their own queue: generation never waits behind a training run."""
+
+    name: str
+    kinds: tuple[str, ...]
+    min_workers: int
+    max_workers: int
+
+
+def studio_lanes(config: StudioConfig) -> list[Lane]:
+    """The lanes of ``atelier serve``: generation (kept warm at ``min_workers``) and training.
+
+    Training has a lane of its own so that a 12-minute LoRA run never holds a colleague's picture back; it
+    starts no worker until a run is queued, so an idle studio holds no training memory.
+    """
+    return [
+        Lane("generate", ("generate",), config.min_workers, config.max_workers),
+        Lane("train", ("train",), 0, config.max_train_workers),
+    ]
+
+
 @dataclass
 class _Managed:
+    lane: Lane
     process: subprocess.Popen[bytes]
     started_at: float
+    # When the worker last held a job (or started): idle time is measured from here, per worker, so a worker
+    # that just finished a long job is not stopped because the queue happened to be empty for a while.
+    last_busy: float
     stopping_since: float | None = None
 
 
 class WorkerSupervisor:
-    """Starts and stops local worker processes between ``min_workers`` and ``max_workers`` on queue depth."""
+    """Starts and stops local worker processes, per lane, between its ``min_workers`` and ``max_workers``."""
 
     def __init__(
         self,
         store: JobStore,
         *,
-        min_workers: int,
-        max_workers: int,
-        spawn: Spawn,
+        lanes: list[Lane],
+        spawn: LaneSpawn,
         scale_down_after: float = 30.0,
         stop_grace_seconds: float = 30.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
-        self.min_workers = min_workers
-        self.max_workers = max_workers
+        self.lanes = {lane.name: lane for lane in lanes}
         self.spawn = spawn
         self.scale_down_after = scale_down_after
         self.stop_grace_seconds = stop_grace_seconds
         self._monotonic = monotonic
         self._workers: dict[str, _Managed] = {}
         self._lock = threading.Lock()
-        self._idle_since: float | None = None
         self.started_total = 0
 
     @property
@@ -141,56 +179,72 @@ class WorkerSupervisor:
             managed = self._workers.get(worker_id)
             return None if managed is None else managed.process.pid
 
-    def counts(self) -> dict[str, int]:
-        """Supervised processes: running (alive, not told to stop) and stopping."""
+    def counts(self, lane: str | None = None) -> dict[str, int]:
+        """Supervised processes (of one lane, or all): running (alive, not told to stop) and stopping."""
         with self._lock:
-            stopping = sum(1 for managed in self._workers.values() if managed.stopping_since is not None)
-            return {"running": len(self._workers) - stopping, "stopping": stopping}
+            workers = [m for m in self._workers.values() if lane is None or m.lane.name == lane]
+        stopping = sum(1 for managed in workers if managed.stopping_since is not None)
+        return {"running": len(workers) - stopping, "stopping": stopping}
 
-    def desired(self, queued: int, busy: int) -> int:
-        """How many workers the queue calls for: one per waiting or running job, within [min, max]."""
-        return max(self.min_workers, min(self.max_workers, queued + busy))
+    @staticmethod
+    def desired(lane: Lane, queued: int, busy: int) -> int:
+        """How many workers a lane's queue calls for: one per waiting or running job, within [min, max]."""
+        return max(lane.min_workers, min(lane.max_workers, queued + busy))
 
     def tick(self) -> None:
-        """Reap exited workers, then start or stop workers to match the queue."""
+        """Reap exited workers, then start or stop workers in each lane to match its queue."""
         now = self._monotonic()
         self._reap(now)
-        queued = self.store.counts()["queued"]
-        running_jobs = self.store.list(state="running", limit=1000)
+        counts = self.store.counts_by_kind()
+        running_jobs = self.store.list(state="running", limit=MAX_LIST_LIMIT)
         lease_now = utc_now()
         with self._lock:
             ours = set(self._workers)
-            busy = {job.worker_id for job in running_jobs if job.worker_id in ours}
-            active = {wid for wid, managed in self._workers.items() if managed.stopping_since is None}
-        # Jobs whose worker died (its lease ran out) will be queued again: they need a worker too.
-        orphaned = sum(
-            1
-            for job in running_jobs
-            if job.worker_id not in ours
-            and job.lease_expires_at is not None
-            and job.lease_expires_at < lease_now
-        )
-        queued += orphaned
-        target = self.desired(queued, len(busy))
-        for _ in range(target - len(active)):
-            self._start()
-        if queued:
-            self._idle_since = None
-            return
-        if self._idle_since is None:
-            self._idle_since = now
-        surplus = len(active) - max(self.min_workers, len(busy))
-        if surplus > 0 and now - self._idle_since >= self.scale_down_after:
-            for worker_id in sorted(active - busy)[:surplus]:
-                self._stop(worker_id, now)
+            busy_ids = {job.worker_id for job in running_jobs if job.worker_id in ours}
+            for worker_id in busy_ids:
+                self._workers[worker_id].last_busy = now
+        for lane in self.lanes.values():
+            queued = sum(counts[("queued", kind)] for kind in lane.kinds)
+            # Jobs whose worker died (its lease ran out) will be queued again: they need a worker too.
+            queued += sum(
+                1
+                for job in running_jobs
+                if job.kind in lane.kinds
+                and job.worker_id not in ours
+                and job.lease_expires_at is not None
+                and job.lease_expires_at < lease_now
+            )
+            self._scale(lane, queued, busy_ids, now)
 
-    def _start(self) -> None:
-        worker_id = f"local-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        process = self.spawn(worker_id)
+    def _scale(self, lane: Lane, queued: int, busy_ids: set[str], now: float) -> None:
         with self._lock:
-            self._workers[worker_id] = _Managed(process, self._monotonic())
+            active = {
+                worker_id: managed
+                for worker_id, managed in self._workers.items()
+                if managed.lane.name == lane.name and managed.stopping_since is None
+            }
+        busy = busy_ids & set(active)
+        for _ in range(self.desired(lane, queued, len(busy)) - len(active)):
+            self._start(lane)
+        if queued:
+            return
+        surplus = len(active) - max(lane.min_workers, len(busy))
+        idle = sorted(
+            (managed.last_busy, worker_id)
+            for worker_id, managed in active.items()
+            if worker_id not in busy and now - managed.last_busy >= self.scale_down_after
+        )
+        for _last_busy, worker_id in idle[: max(0, surplus)]:
+            self._stop(worker_id, now)
+
+    def _start(self, lane: Lane) -> None:
+        worker_id = f"local-{lane.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        process = self.spawn(worker_id, lane)
+        now = self._monotonic()
+        with self._lock:
+            self._workers[worker_id] = _Managed(lane, process, started_at=now, last_busy=now)
         self.started_total += 1
-        logger.info("started worker %s (pid %s)", worker_id, process.pid)
+        logger.info("started %s worker %s (pid %s)", lane.name, worker_id, process.pid)
 
     def _stop(self, worker_id: str, now: float) -> None:
         with self._lock:
@@ -224,16 +278,17 @@ class WorkerSupervisor:
                 logger.exception("worker supervision failed; retrying")
             stop.wait(interval)
 
-    def shutdown(self, timeout: float = 10.0) -> None:
-        """Ask every worker to stop after its current job; kill those still busy after ``timeout``.
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Ask every worker to stop; kill those still running after ``timeout`` (default: the grace period).
 
-        A killed worker's job runs again on another worker once its lease expires.
+        A worker finishes its job within its own grace period or hands it back to the queue (see
+        ``atelier worker``); one killed after that has its job run again once the lease expires.
         """
         with self._lock:
             managed = list(self._workers.values())
         for item in managed:
             _signal(item.process, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (self.stop_grace_seconds if timeout is None else timeout)
         for item in managed:
             try:
                 item.process.wait(max(0.0, deadline - time.monotonic()))

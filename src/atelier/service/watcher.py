@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 
 from atelier.errors import AtelierError
 from atelier.service.database import utc_now
-from atelier.service.modelfiles import FOLDER_MODEL_MARKER, TOKENIZER_SUFFIX, folder_version
+from atelier.service.modelfiles import FOLDER_MODEL_MARKER, PREVIEW_PREFIX, TOKENIZER_SUFFIX, folder_version
 from atelier.service.registry import inspect_model, model_name_for_key
 from atelier.service.storage import TEMP_PREFIX, ObjectInfo
 from atelier.service.studio import Studio
@@ -81,9 +81,12 @@ def training_units(objects: list[ObjectInfo]) -> list[Unit]:
 
 def model_units(objects: list[ObjectInfo]) -> list[Unit]:
     """Group the models bucket into model files and diffusers folders."""
-    # ControlNets are read from their folder by name (service/controlnets.py), never registered as checkpoints.
+    # ControlNets are read from their folder by name (service/controlnets.py) and preview decoders from theirs
+    # (models/vae-approx/, engine/previews.py): neither is ever registered as a checkpoint.
     visible = [
-        item for item in objects if not _ignored(item.key) and not item.key.startswith("models/controlnet/")
+        item
+        for item in objects
+        if not _ignored(item.key) and not item.key.startswith(("models/controlnet/", PREVIEW_PREFIX + "/"))
     ]
     folders = sorted(
         item.key[: -len(FOLDER_MODEL_MARKER) - 1]

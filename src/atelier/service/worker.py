@@ -31,8 +31,9 @@ from atelier.service.failures import describe_failure, is_transient, server_root
 from atelier.service.handlers import HANDLERS
 from atelier.service.jobs import JOB_KINDS, Job
 from atelier.service.lease import JobInterrupted, JobLease
-from atelier.service.modelfiles import ModelFiles
+from atelier.service.modelfiles import PREVIEW_PREFIX, ModelFiles
 from atelier.service.studio import Studio
+from atelier.service.worker_board import BEAT_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -75,33 +76,97 @@ class Worker:
         self._engine: Any = None
         self._stop = threading.Event()
         self._abandon = threading.Event()
+        self._grace_timer: threading.Timer | None = None
+        self._finished = threading.Event()
+        # Set once warmed up (libraries imported, default model loaded), just before the first claim.
+        self.ready = threading.Event()
         self.jobs_done = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
-    def stop(self, *, abandon_current: bool = False) -> None:
-        """Stop claiming jobs. The current job finishes unless ``abandon_current`` (then it is requeued)."""
+    def stop(self, *, abandon_current: bool = False, grace_seconds: float | None = None) -> None:
+        """Stop claiming jobs. The current job finishes unless ``abandon_current`` (then it is handed back).
+
+        With ``grace_seconds`` the current job may finish within that time; after it, it is handed back to the
+        queue at its next step (a training run resumes from its last saved state elsewhere). That is what a
+        scale-down or a deploy needs: a short generation completes, a long training run does not hold the
+        shutdown up, and nothing is lost either way.
+        """
         self._stop.set()
         if abandon_current:
             self._abandon.set()
+        elif grace_seconds is not None and self._grace_timer is None:
+            self._grace_timer = threading.Timer(grace_seconds, self._abandon.set)
+            self._grace_timer.daemon = True
+            self._grace_timer.start()
 
     def _parent_gone(self) -> bool:
         return self.parent_pid is not None and os.getppid() != self.parent_pid
 
     def warm_up(self) -> None:
-        """Import the libraries and build the engine before claiming anything.
+        """Import the libraries, build the engine and load the default model before claiming anything.
 
         A worker that cannot start (a broken CUDA driver, a library that fails to import) then dies holding no
-        job, instead of taking the next one down with it and using up that job's attempts.
+        job, instead of taking the next one down with it and using up that job's attempts. A generation worker
+        loads the studio's default checkpoint now, so the first request starts sampling without a load and
+        ``/health/ready`` can tell when the studio is really ready.
         """
         if any(HANDLERS[kind].needs_engine for kind in self.kinds):
             _ = self.engine
+        if "generate" in self.kinds:
+            self._load_default_model()
         if "train" in self.kinds:
             from atelier.training import train_lora  # noqa: F401 - loads torch, diffusers and peft now
 
+    def _load_default_model(self) -> None:
+        try:
+            record = self.registry.default_checkpoint(self.studio.settings.get("sd_model_checkpoint"))
+        except AtelierError:
+            return  # no checkpoint yet: the first job loads the one it names
+        try:
+            self.engine.load(self.files.local_path(record))
+        except Exception:
+            # A broken default model must not keep the worker from running jobs on the other models.
+            logger.warning(
+                "the default model %s could not be loaded ahead of time", record.name, exc_info=True
+            )
+
+    # -- the board (/health/ready, /metrics) -------------------------------------------------------------------
+
+    def report(self, state: str) -> None:
+        """Write this worker's row on the board: state, models held, loads so far."""
+        models = self._engine.models if self._engine is not None else None
+        try:
+            self.studio.workers.report(
+                self.worker_id,
+                kinds=self.kinds,
+                state=state,
+                loaded_models=[Path(path).name for path in models.loaded_paths()] if models else [],
+                model_loads=models.loads if models else 0,
+            )
+        except sa.exc.OperationalError:
+            logger.warning("could not write this worker's row on the board", exc_info=True)
+
+    def _report_while_running(self) -> None:
+        while not self._finished.wait(BEAT_SECONDS):
+            self.report("stopping" if self._stop.is_set() else "ready")
+
     def run(self, *, idle_exit_seconds: float | None = None, max_jobs: int | None = None) -> int:
         """Process jobs until stopped (or idle that long, or ``max_jobs`` done); return how many ran."""
+        self.report("starting")
         self.warm_up()
+        self.report("ready")
+        self.ready.set()
+        beats = threading.Thread(target=self._report_while_running, name="worker-board", daemon=True)
+        beats.start()
+        try:
+            return self._run_jobs(idle_exit_seconds, max_jobs)
+        finally:
+            self._finished.set()
+            beats.join()
+            self.report("stopped")
+
+    def _run_jobs(self, idle_exit_seconds: float | None, max_jobs: int | None) -> int:
         last_activity = time.monotonic()
         next_requeue = 0.0
         while not self._stop.is_set():
@@ -124,6 +189,7 @@ class Worker:
                 self._stop.wait(wait)
                 continue
             self.process(job)
+            self.report("stopping" if self._stop.is_set() else "ready")
             last_activity = time.monotonic()
             if max_jobs is not None and self.jobs_done >= max_jobs:
                 break
@@ -205,10 +271,11 @@ class Worker:
                 logger.info("job %s canceled", job.id)
                 shutil.rmtree(self.train_dir(job), ignore_errors=True)
         else:
-            # This worker is shutting down: hand the job back now rather than after the lease expires.
-            self.store.fail(
-                job.id, self.worker_id, "the worker was stopped; the job was requeued", retry=True
-            )
+            # This worker is shutting down: hand the job back now rather than after the lease expires, without
+            # counting it as a failed attempt (a scale-down is not the job's fault).
+            note = "the worker was stopped; the job was requeued"
+            if self.store.release(job.id, self.worker_id, note):
+                logger.info("job %s handed back to the queue", job.id)
 
     def _run_job(self, job: Job, lease: JobLease) -> dict[str, Any]:
         handler = HANDLERS.get(job.kind)
@@ -219,7 +286,7 @@ class Worker:
     @property
     def engine(self) -> Any:
         if self._engine is None:
-            from atelier.engine import Engine, LoraLibrary
+            from atelier.engine import Engine, LoraLibrary, PreviewDecoders
             from atelier.service.controlnets import controlnet_library
 
             self.files.lora_dir.mkdir(parents=True, exist_ok=True)
@@ -228,5 +295,7 @@ class Worker:
                 loras=LoraLibrary(self.files.lora_dir),
                 controlnets=controlnet_library(self.storage, self.config.cache_dir),
                 max_controlnet_units=self.config.max_controlnet_units,
+                # TAESD from the models bucket when it is a local folder; otherwise the weight-free preview.
+                previews=PreviewDecoders(self.storage.local_path(PREVIEW_PREFIX)),
             )
         return self._engine

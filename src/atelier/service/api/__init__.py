@@ -8,12 +8,19 @@
 from __future__ import annotations
 
 from fastapi import FastAPI, Response
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from atelier import __version__
 from atelier.service.api.a1111 import build_a1111_router
 from atelier.service.api.campaign import build_campaign_router
-from atelier.service.api.common import ERROR_RESPONSES, JobWaiter, StudioGate, install_error_handlers
+from atelier.service.api.common import (
+    DOCS_ASSETS,
+    ERROR_RESPONSES,
+    JobWaiter,
+    StudioGate,
+    install_error_handlers,
+)
 from atelier.service.api.controlnet import build_controlnet_router
 from atelier.service.api.native import build_native_router
 from atelier.service.metrics import StudioMetrics
@@ -48,15 +55,20 @@ def create_app(
     ``always_require_keys`` is set when listening beyond loopback. ``supervisor`` adds local worker counts to
     ``/metrics``; ``watcher`` lets A1111's refresh endpoints scan the buckets at once.
     """
-    app = FastAPI(
+    # Swagger UI and ReDoc with their scripts served from the fastapi-offline package instead of a CDN: an
+    # offline studio (or one behind a strict firewall) still has working API docs.
+    app = FastAPIOffline(
         title="Atelier",
         version=__version__,
         description=DESCRIPTION,
+        static_url=DOCS_ASSETS,
     )
     app.state.studio = studio
     app.state.waiter = JobWaiter(studio.store, poll_seconds=wait_poll_seconds)
     app.state.watcher = watcher
-    metrics = StudioMetrics(studio.store, worker_counts=supervisor.counts if supervisor else None)
+    metrics = StudioMetrics(
+        studio.store, worker_counts=supervisor.counts if supervisor else None, board=studio.workers
+    )
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(

@@ -558,11 +558,13 @@ def build_a1111_router() -> APIRouter:
             sampling_step=step,
             sampling_steps=total,
         )
+        preview = (current.progress_info or {}).get("preview")
         return {
             "progress": fraction,
             "eta_relative": max(0.0, elapsed / fraction - elapsed),
             "state": state,
-            "current_image": None,
+            # A1111 sends the live preview as bare base64 (no data: prefix); ours is a small JPEG.
+            "current_image": None if skip_current_image or not preview else preview.split(",", 1)[-1],
             "textinfo": f"step {step} of {total}" if total else "starting",
         }
 

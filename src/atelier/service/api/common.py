@@ -39,8 +39,16 @@ ASGIApp = Callable[
     [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]
 ]
 
-# Paths anyone may read: the API documentation and the liveness probe.
-PUBLIC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/api/health"})
+# Paths anyone may read: the API documentation (its pages, and their scripts served from this package so
+# that the docs work offline) and the health probes.
+DOCS_ASSETS = "/docs-assets"
+PUBLIC_PATHS = frozenset(
+    {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/api/health", "/api/health/ready"}
+)
+
+
+def is_public_path(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(DOCS_ASSETS + "/")
 
 
 class ErrorBody(BaseModel):
@@ -239,7 +247,7 @@ class StudioGate:
         if refusal is not None:
             await refusal(scope, receive, send)
             return
-        if scope.get("path", "") in PUBLIC_PATHS:
+        if is_public_path(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
         caller = await run_in_threadpool(self.policy.identify, key_from_headers(headers))

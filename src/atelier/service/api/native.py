@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -31,7 +31,7 @@ from atelier.service.api.common import (
 )
 from atelier.service.config import StudioConfig
 from atelier.service.controlnets import parse_units
-from atelier.service.events import job_events, job_progress
+from atelier.service.events import job_events, job_label, job_progress
 from atelier.service.job_types import GenerateResult, TrainResult
 from atelier.service.jobs import MAX_PRIORITY, Job
 from atelier.service.registry import check_model_name, inspect_model, model_name_for_key
@@ -129,6 +129,7 @@ def job_view(studio: Studio, job: Job) -> dict[str, Any]:
     """A job as the native API shows it: progress, queue position, result and links."""
     return {
         **job_progress(studio.store, job),
+        "label": job_label(job),
         "priority": job.priority,
         "owner": job.owner,
         "max_attempts": job.max_attempts,
@@ -204,6 +205,21 @@ def build_native_router(config: StudioConfig) -> APIRouter:
     @router.get("/health", summary="Liveness probe (no key needed)")
     def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__}
+
+    @router.get(
+        "/health/ready",
+        summary="Readiness probe: 200 once a generation worker has its model loaded, else 503 (no key needed)",
+        responses={503: {"description": "no generation worker holds a model yet"}},
+    )
+    def ready(studio: StudioDep) -> JSONResponse:
+        workers = studio.workers.live("generate")
+        ready = studio.workers.generation_ready()
+        body = {
+            "ready": ready,
+            "generation_workers": len(workers),
+            "models_loaded": sorted({name for worker in workers for name in worker.loaded_models}),
+        }
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @router.post("/generate", status_code=202, summary="Queue a txt2img / img2img / inpainting job")
     def generate(body: GenerateBody, request: Request, studio: StudioDep) -> dict[str, Any]:

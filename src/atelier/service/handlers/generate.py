@@ -45,6 +45,15 @@ def png_bytes(image: Any, infotext: str) -> bytes:
     return buffer.getvalue()
 
 
+def preview_data_url(picture: Any) -> str:
+    """A live preview as a small JPEG data URL: a few kB in the job's progress, shown as it forms."""
+    import base64
+
+    buffer = io.BytesIO()
+    picture.convert("RGB").save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def run_generate(worker: WorkerContext, job: Job, lease: JobLease) -> GenerateResult:
     """Run a generate job on the worker's engine; store each image (PNG with infotext) and its JSON sidecar."""
     from atelier.engine import GenerationCanceled, GenerationRequest
@@ -82,11 +91,23 @@ def run_generate(worker: WorkerContext, job: Job, lease: JobLease) -> GenerateRe
         **images,
     )
     started = time.monotonic()
+    steps = {"done": 0}
+
+    def on_step(done: int, total: int) -> None:
+        steps["done"] = done
+        lease.report(done, total)
+
+    def on_preview(picture: Any, done: int, total: int) -> None:
+        # The picture travels in the job's progress (SSE events, A1111's /progress current_image).
+        lease.report(done, total, {"preview": preview_data_url(picture), "preview_step": done})
+
     try:
         result = worker.engine.generate(
             request,
-            on_step=lambda done, total: lease.report(done, total),
+            on_step=on_step,
             should_cancel=lease.should_stop,
+            on_preview=on_preview if worker.config.preview_every_steps else None,
+            preview_every=worker.config.preview_every_steps,
         )
     except GenerationCanceled:
         raise JobInterrupted() from None
@@ -138,6 +159,8 @@ def run_generate(worker: WorkerContext, job: Job, lease: JobLease) -> GenerateRe
         timings={
             "generate_seconds": round(generated - started, 4),
             "store_seconds": round(time.monotonic() - generated, 4),
+            "steps": steps["done"],
+            "seconds_per_step": round((generated - started) / steps["done"], 4) if steps["done"] else 0.0,
         },
     )
 

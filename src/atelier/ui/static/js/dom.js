@@ -110,8 +110,11 @@ export function describeJob(job) {
   if (job.state === "queued") {
     // The API counts the queued jobs ahead of this one: 0 means it runs next.
     const ahead = job.queue_position;
-    if (ahead === null || ahead === undefined) return "Queued";
-    return ahead === 0 ? "Queued · next in line" : `Queued · ${ahead} job${ahead === 1 ? "" : "s"} ahead`;
+    // Why it waits, from the API: "training oue-windbreaker, ~6 min left".
+    const why = job.waiting_for && job.waiting_for.reason ? ` · waiting for ${job.waiting_for.reason}` : "";
+    if (ahead === null || ahead === undefined) return `Queued${why}`;
+    const place = ahead === 0 ? "next in line" : `${ahead} job${ahead === 1 ? "" : "s"} ahead`;
+    return `Queued · ${place}${why}`;
   }
   if (job.state === "running") {
     if (job.cancel_requested) return "Stopping…";
@@ -123,7 +126,14 @@ export function describeJob(job) {
     return parts.length ? `Running · ${parts.join(" · ")}` : "Running · loading the model";
   }
   if (job.state === "succeeded") {
-    return job.kind === "train" && job.total ? `Done · ${job.total} steps` : "Done";
+    if (job.kind === "train") return job.total ? `Done · ${job.total} steps` : "Done";
+    // Time taken and pace, as the worker measured them (stored with the job's result).
+    const timings = job.timings || job.result?.timings;
+    if (timings && timings.generate_seconds !== undefined) {
+      const pace = timings.seconds_per_step ? ` · ${(1 / timings.seconds_per_step).toFixed(1)} steps/s` : "";
+      return `Done · ${timings.generate_seconds.toFixed(1)} s${pace}`;
+    }
+    return "Done";
   }
   if (job.state === "canceled") return "Canceled";
   return `Failed: ${job.error || "unknown error"}`;

@@ -53,6 +53,8 @@ let sizePreset = "1:1";
 // The picture each image tab works on: {blob, url, width, height, name}.
 const sources = { img2img: null, inpaint: null };
 let uploadedMask = null;
+// A tab whose last chosen file was not a readable image: Generate stays off there until a good one is chosen.
+const rejected = { img2img: false, inpaint: false };
 let paintedMask = null;
 const maskEditor = new MaskEditor($("#mask-editor"));
 const activeJobs = new Map();
@@ -193,11 +195,17 @@ export async function setSource(target, blob) {
   try {
     source = await readImage(blob);
   } catch (error) {
+    // The refused file replaces the previous picture: generating with the old one would surprise the user.
+    dropSource(target);
+    rejected[target] = true;
+    updateSubmit();
     showFieldError(form, fieldName, error.message);
     return;
   }
   if (sources[target]) URL.revokeObjectURL(sources[target].url);
   sources[target] = source;
+  rejected[target] = false;
+  updateSubmit();
   if (target === "img2img") {
     const zone = $("#g-init-drop");
     const preview = zone.querySelector("img");
@@ -217,6 +225,32 @@ export async function setSource(target, blob) {
     setMaskSource("paint");
   }
   if (mode === target) sizeFromImage(source.width, source.height);
+}
+
+/** Forget the picture of a tab (and its mask): nothing is shown, nothing is sent. */
+function dropSource(target) {
+  if (sources[target]) URL.revokeObjectURL(sources[target].url);
+  sources[target] = null;
+  if (target === "img2img") {
+    const zone = $("#g-init-drop");
+    const preview = zone.querySelector("img");
+    preview.removeAttribute("src");
+    preview.hidden = true;
+    zone.classList.remove("has-image");
+    zone.querySelector(".dropzone-text").replaceChildren(h("strong", {}, "Choose an image"), " or drop one here");
+  } else {
+    maskEditor.removeImage();
+    uploadedMask = null;
+    paintedMask = null;
+  }
+}
+
+/** Generate is off while the tab's chosen file was refused, until a readable picture is chosen. */
+function updateSubmit() {
+  const submit = $("#g-submit");
+  const blocked = (mode === "img2img" || mode === "inpaint") && rejected[mode];
+  submit.disabled = blocked;
+  submit.title = blocked ? "Choose a picture this browser can read first" : "";
 }
 
 function maskSource() {
@@ -359,7 +393,7 @@ export async function generate() {
   } catch (error) {
     showError(form, error, errorAliases());
   } finally {
-    submit.disabled = false;
+    updateSubmit();
   }
 }
 
@@ -379,6 +413,9 @@ function trackJob(job, jobMode, prompt) {
     h("div", { class: "progress-line" }, bar),
     status,
   );
+  // The live preview: a cheap decode of the latents every few steps, sent with the progress events.
+  const preview = h("img", { class: "live-preview", alt: "Live preview of the image as it forms", hidden: true });
+  entry.append(preview);
   const controller = new AbortController();
   activeJobs.set(job.id, { entry, controller });
   cancel.addEventListener("click", async () => {
@@ -396,6 +433,13 @@ function trackJob(job, jobMode, prompt) {
     entry.dataset.state = snapshot.state;
     status.textContent = describeJob(snapshot);
     setProgress(bar, snapshot.progress);
+    const picture = snapshot.info?.preview;
+    if (picture && snapshot.state === "running" && preview.getAttribute("src") !== picture) {
+      preview.src = picture;
+      preview.hidden = false;
+    } else if (snapshot.state !== "running") {
+      preview.hidden = true;
+    }
   }
 
   followJob(job.id, update, controller.signal)
@@ -579,6 +623,7 @@ export function setMode(next) {
   }
   clearErrors(form);
   modelChanged();
+  updateSubmit();
   const source = sources[next];
   if (source) sizeFromImage(source.width, source.height);
 }

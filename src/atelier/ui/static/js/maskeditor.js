@@ -53,6 +53,14 @@ export class MaskEditor extends EventTarget {
     this.undoStack = [];
   }
 
+  /** Show nothing: the picture was refused, so neither it nor its mask may be used any more. */
+  removeImage() {
+    this.image.removeAttribute("src");
+    this.clear({ remember: false });
+    this.undoStack = [];
+    this.container.dataset.empty = "true";
+  }
+
   /** Show an uploaded mask (white = repaint) instead of a painted one. */
   showMask(maskImage) {
     const { width, height } = this.canvas;

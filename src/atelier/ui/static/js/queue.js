@@ -23,6 +23,19 @@ async function cancel(job, button) {
   }
 }
 
+/** What the job is, in words people recognise: the run's LoRA name, or the prompt with its model and LoRAs. */
+function jobTitle(job) {
+  const label = job.label || {};
+  const main = job.kind === "train" ? `LoRA ${label.name || "run"}` : label.prompt || "(no prompt)";
+  const details = job.kind === "train" ? [label.base] : [label.model, ...(label.loras || []).map((name) => `<${name}>`)];
+  return h(
+    "td",
+    { class: "job-cell" },
+    h("span", { class: "job-title", title: main }, main),
+    h("span", { class: "cell-note" }, [...details.filter(Boolean), shortId(job.id)].join(" · ")),
+  );
+}
+
 function row(job) {
   const active = job.state === "queued" || job.state === "running";
   const progress = h(
@@ -52,7 +65,7 @@ function row(job) {
   return h(
     "tr",
     { "data-job": job.id, "data-state": job.state },
-    h("td", {}, h("code", { title: job.id }, shortId(job.id))),
+    jobTitle(job),
     h("td", {}, job.kind),
     h("td", {}, stateBadge(job.state)),
     progress,

@@ -410,7 +410,7 @@ export async function refreshRuns() {
               h(
                 "button",
                 { type: "button", class: "run-item", "data-job": job.id, onclick: () => selectRun(job, name) },
-                h("span", { class: "run-name" }, name || `run ${shortId(job.id)}`),
+                h("span", { class: "run-name" }, name || job.label?.name || `run ${shortId(job.id)}`),
                 stateBadge(job.state),
                 h("span", { class: "muted" }, formatTime(job.created_at)),
               ),
