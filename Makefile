@@ -47,6 +47,7 @@ bench: install-test
 	$(PYTHON) bench/prompt_encoding.py
 	$(PYTHON) bench/train_vs_diffusers.py
 	$(PYTHON) bench/service_vs_engine.py
+	$(PYTHON) bench/studio_lanes.py
 
 # Dependencies (tools/deps.py explains each step).
 lock: $(PYTHON)

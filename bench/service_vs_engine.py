@@ -63,7 +63,13 @@ def measure_latency(*, size: int, steps: int, runs: int, threads: int, overhead_
     os.environ["OMP_NUM_THREADS"] = str(threads)
     data_dir = Path(tempfile.mkdtemp(prefix="atelier-bench-"))
     config = StudioConfig.for_data_dir(
-        data_dir, port=_free_port(), min_workers=1, max_workers=1, watch=False, device="cpu"
+        data_dir,
+        port=_free_port(),
+        min_workers=1,
+        max_workers=1,
+        max_train_workers=0,  # one worker with all of its threads, like the direct call
+        watch=False,
+        device="cpu",
     )
     server = StudioServer(config, log_level="warning")
     model = server.studio.registry.default_checkpoint()

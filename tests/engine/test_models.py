@@ -193,3 +193,65 @@ def test_cache_is_keyed_by_model_and_dtype(tiny_models):
     half = cache.get(tiny_models("sd15"), dtype=torch.bfloat16)
     assert half is not first and half.pipeline.unet.dtype == torch.bfloat16
     assert cache.loads == 2
+
+
+def test_loaded_models_on_the_cpu_stay_within_the_memory_budget(tiny_models):
+    from atelier.engine.models import model_bytes
+
+    probe = ModelCache(max_models=3)
+    size = model_bytes(probe.get(tiny_models("sd15")))
+    assert size > 0
+    roomy = ModelCache(max_models=3, memory_budget=3 * size)
+    for model in ("sd15", "sd15-inpaint", "sd15"):
+        roomy.get(tiny_models(model))
+    assert (roomy.loads, len(roomy.loaded_paths())) == (2, 2)  # both fit: switching back reads nothing
+    tight = ModelCache(max_models=3, memory_budget=size + size // 2)
+    for model in ("sd15", "sd15-inpaint", "sd15"):
+        tight.get(tiny_models(model))
+    # Only one fits: the other is dropped, the most recent one always stays.
+    assert tight.loads == 3
+    assert tight.loaded_paths() == [str(tiny_models("sd15").resolve())]
+
+
+class _FakePipeline:
+    """Stands in for a pipeline on a GPU this machine does not have: records where it is moved."""
+
+    def __init__(self, megabytes: int) -> None:
+        import torch
+
+        self.components = {"unet": torch.nn.Linear(megabytes * 1024, 64, bias=False)}
+        self.moves: list[str] = []
+
+    def to(self, device: str) -> _FakePipeline:
+        self.moves.append(device)
+        return self
+
+
+def test_a_model_switched_away_from_on_the_gpu_waits_in_ram_within_the_budget(tmp_path):
+    from atelier.engine.models import LoadedModel
+
+    def fake_load(path, *, device, dtype, **_options):
+        return LoadedModel(
+            path=path,
+            name=path.name,
+            architecture="sd15",
+            pipeline=_FakePipeline(1),
+            sha256="0" * 64,
+            is_demo=False,
+        )
+
+    one_model = 1024 * 64 * 4  # bytes of one fake model's weights
+    cache = ModelCache(max_models=1, memory_budget=one_model)
+    cache._load = fake_load
+    first = cache.get(tmp_path / "a", device="cuda:0")
+    cache.get(tmp_path / "b", device="cuda:0")
+    assert first.pipeline.moves == ["cpu"]  # moved to RAM, not dropped
+    assert cache.in_ram() == [str((tmp_path / "a").resolve())]
+    again = cache.get(tmp_path / "a", device="cuda:0")
+    assert again is first and first.pipeline.moves == ["cpu", "cuda:0"]
+    assert (cache.loads, cache.reuses) == (2, 1)  # switching back read nothing from disk
+    # "b" went to RAM in turn; with room for one model only, nothing else is kept there.
+    cache.get(tmp_path / "c", device="cuda:0")
+    assert cache.in_ram() == [str((tmp_path / "a").resolve())]
+    cache.get(tmp_path / "b", device="cuda:0")
+    assert cache.loads == 4  # "b" was dropped from RAM to make room, so it is read again

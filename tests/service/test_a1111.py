@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import threading
 
 import httpx
@@ -198,6 +201,11 @@ def test_interrupt_cancels_the_running_job(api, http):
     wait_for(lambda: api.get_progress()["state"]["sampling_step"] >= 1)
     progress = api.get_progress()
     assert 0 < progress["progress"] < 1 and progress["state"]["sampling_steps"] == 400
+    # A1111's live preview: a picture of the latents as they are now, as base64 like A1111 sends it.
+    preview = wait_for(lambda: api.get_progress()["current_image"], timeout=20)
+    assert Image.open(io.BytesIO(base64.b64decode(preview))).size == (8, 8)
+    skipped = http.get("/sdapi/v1/progress", params={"skip_current_image": "true"}).json()
+    assert skipped["current_image"] is None
     api.interrupt()
     thread.join(timeout=30)
     assert outcome["result"].images == []
@@ -220,6 +228,20 @@ def test_bad_txt2img_input_names_the_a1111_field(http, body, field):
     response = http.post("/sdapi/v1/txt2img", json={**SMALL, **body})
     assert 400 <= response.status_code < 500, response.text
     assert response.json()["field"] == field
+
+
+def test_a_batch_tool_can_ask_for_a_lower_priority(served, http):
+    server = served[0]
+    answer = http.post(
+        "/sdapi/v1/txt2img", json={**SMALL, "prompt": "a catalog shot"}, headers={"X-Atelier-Priority": "-1"}
+    )
+    assert answer.status_code == 200, answer.text
+    job_id = json.loads(answer.json()["info"])["job_id"]
+    assert server.studio.store.get(job_id).priority == -1
+    refused = http.post(
+        "/sdapi/v1/txt2img", json={**SMALL, "prompt": "x"}, headers={"X-Atelier-Priority": "urgent"}
+    )
+    assert refused.status_code == 422 and refused.json()["field"] == "X-Atelier-Priority"
 
 
 def test_bad_img2img_input_names_the_field(http):

@@ -176,3 +176,56 @@ def test_a_generation_submitted_while_a_lora_trains_finishes_first(tmp_path, tin
             client.post(f"/api/jobs/{run['id']}/cancel")
     finally:
         server.stop()
+
+
+def test_each_saved_epoch_is_a_lora_and_the_runs_warnings_are_shown(served):
+    pytest.importorskip("atelier.training.recipe")
+    server, client = served
+    settings = TINY_TRAINING.replace(
+        b"max_train_epochs = 1", b"max_train_epochs = 2\nsave_every_n_epochs = 1"
+    )
+    # 64 px pictures for a 128 px run: they are upscaled, which the run warns about.
+    settings = settings.replace(b"resolution = 64", b"resolution = 128")
+    storage = server.studio.storage
+    storage.put_bytes("training-data/anorak.toml", settings)
+    storage.put_bytes("training-data/anorak.zip", _training_zip())
+    job = wait_for(lambda: client.get("/api/jobs", params={"kind": "train"}).json()["jobs"], timeout=15)[0]
+    done = wait_for(
+        lambda: (found := client.get(f"/api/jobs/{job['id']}").json())["finished_at"] and found, timeout=240
+    )
+    assert done["state"] == "succeeded", done["error"]
+    assert any("upscaled" in warning for warning in done["info"]["warnings"]), done["info"]
+    results = client.get(f"/api/jobs/{job['id']}/results").json()
+    assert [epoch["name"] for epoch in results["epochs"]] == ["anorak-000001"]
+    assert {"anorak", "anorak-000001"} <= _model_names(client, "lora")
+    answer = _generate(client, "an anorak <lora:anorak-000001:1>")
+    assert "anorak-000001" in json.loads(answer["info"])["infotexts"][0]
+
+
+def test_a_canceled_run_resumes_where_it_stopped_and_a_failed_job_can_be_retried(served):
+    pytest.importorskip("atelier.training.recipe")
+    server, client = served
+    storage = server.studio.storage
+    storage.put_bytes(
+        "training-data/fleece.toml", TINY_TRAINING.replace(b"max_train_epochs = 1", b"max_train_epochs = 40")
+    )
+    storage.put_bytes("training-data/fleece.zip", _training_zip())
+    job = wait_for(lambda: client.get("/api/jobs", params={"kind": "train"}).json()["jobs"], timeout=15)[0]
+    wait_for(lambda: (client.get(f"/api/jobs/{job['id']}").json()["step"] or 0) >= 2, timeout=120)
+    client.post(f"/api/jobs/{job['id']}/cancel")
+    stopped = wait_for(
+        lambda: (found := client.get(f"/api/jobs/{job['id']}").json())["state"] == "canceled" and found,
+        timeout=60,
+    )
+    state_dir = server.config.cache_dir / "train" / job["id"] / "run"
+    assert state_dir.is_dir()  # kept, so the run can go on
+    assert client.post(f"/api/jobs/{job['id']}/retry").status_code == 202
+    assert stopped["step"] >= 2
+    done = wait_for(
+        lambda: (found := client.get(f"/api/jobs/{job['id']}").json())["finished_at"] and found, timeout=240
+    )
+    assert done["state"] == "succeeded", done["error"]
+    assert done["info"]["resumed"] is True  # went on from the saved state, not from step 0
+    assert done["attempts"] == 1
+    conflict = client.post(f"/api/jobs/{job['id']}/retry")
+    assert conflict.status_code == 409 and conflict.json()["field"] == "job_id"

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from atelier.engine.architectures import (
     config_dir,
     from_diffusers_model_type,
 )
-from atelier.engine.cache import WarmCache
+from atelier.engine.cache import CacheKey, WarmCache
 from atelier.engine.convert import write_embedded_configs
 from atelier.engine.paths import PICKLE_SUFFIXES, read_safetensors_header, refuse_pickle
 from atelier.engine.tokenizer import tokenizers_for_single_file
@@ -286,11 +287,90 @@ def load_model(
     )
 
 
-class ModelCache(WarmCache[LoadedModel]):
-    """Checkpoints kept loaded between generations (see :class:`~atelier.engine.cache.WarmCache`)."""
+def model_bytes(model: LoadedModel) -> int:
+    """Memory a loaded checkpoint takes: every weight and buffer of its pipeline's modules."""
+    import torch
 
-    def __init__(self, *, max_models: int = 2, tokenizer_dir: str | os.PathLike[str] | None = None) -> None:
+    total = 0
+    for component in model.pipeline.components.values():
+        if isinstance(component, torch.nn.Module):
+            tensors = [*component.parameters(), *component.buffers()]
+            total += sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+    return total
+
+
+def default_memory_budget() -> int:
+    """Half of this machine's memory: what loaded checkpoints may take in RAM together."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 * 1024**3
+
+
+class ModelCache(WarmCache[LoadedModel]):
+    """Checkpoints kept loaded between generations, within a memory budget.
+
+    - On the GPU, ``max_models`` checkpoints stay on the device. One pushed out is moved to CPU RAM instead of
+      being dropped, as long as the models kept there fit ``memory_budget`` bytes: switching back to it is a
+      copy to the GPU (about a second for SDXL) instead of a read from disk and a new pipeline (tens of
+      seconds). This is A1111's "checkpoints to cache in RAM", sized in bytes rather than in models because
+      an SDXL checkpoint is three times an SD 1.5 one.
+    - On the CPU the loaded models are already in RAM: they are kept while they fit ``memory_budget``
+      (the most recently used one always stays), so two SDXL models in fp32 do not exhaust a 16 GB machine.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_models: int = 2,
+        memory_budget: int | None = None,
+        tokenizer_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         super().__init__(load_model, max_models=max_models, tokenizer_dir=tokenizer_dir)
+        self.memory_budget = default_memory_budget() if memory_budget is None else memory_budget
+        self._in_ram: OrderedDict[tuple[str, str], tuple[int, LoadedModel]] = OrderedDict()
+        self._sizes: dict[CacheKey, int] = {}
+
+    def _trim(self) -> None:
+        super()._trim()
+        # On the CPU the device tier is RAM: keep it within the budget too.
+        while len(self._items) > 1:
+            on_cpu = [key for key in self._items if key[1] == "cpu"]
+            if sum(self._size(key) for key in on_cpu) <= self.memory_budget or not on_cpu:
+                break
+            oldest = on_cpu[0]
+            if oldest == next(reversed(self._items)):
+                break
+            del self._items[oldest]
+            self._sizes.pop(oldest, None)
+
+    def _size(self, key: CacheKey) -> int:
+        if key not in self._sizes:
+            self._sizes[key] = model_bytes(self._items[key])
+        return self._sizes[key]
+
+    def _evicted(self, key: CacheKey, loaded: LoadedModel) -> None:
+        size = self._sizes.pop(key, None) or model_bytes(loaded)
+        path, device, dtype = key
+        if device == "cpu" or size > self.memory_budget:
+            return
+        loaded.pipeline.to("cpu")
+        self._in_ram[(path, dtype)] = (size, loaded)
+        while sum(kept for kept, _model in self._in_ram.values()) > self.memory_budget:
+            self._in_ram.popitem(last=False)
+
+    def _reuse(self, key: CacheKey, device: str) -> LoadedModel | None:
+        path, _device, dtype = key
+        kept = self._in_ram.pop((path, dtype), None)
+        if kept is None:
+            return None
+        kept[1].pipeline.to(device)
+        return kept[1]
+
+    def in_ram(self) -> list[str]:
+        """Paths of the checkpoints moved off the device and kept in RAM, least recently used first."""
+        with self._lock:
+            return [path for path, _dtype in self._in_ram]
 
     def get(self, path: str | os.PathLike[str], *, device: str = "cpu", dtype: Any = None) -> LoadedModel:
         import torch

@@ -93,6 +93,9 @@ class StudioConfig(ConfigModel, BaseSettings):
     max_image_pixels: int = 4096 * 4096
     max_output_pixels: int = 64 * 1024**2
     max_controlnet_units: int = 3  # ControlNet units per request
+    # Memory that loaded checkpoints may take in RAM (GB): models switched away from stay there, ready in a
+    # second, while they fit. Empty: half of the machine's memory.
+    model_memory_gb: float | None = None
     # A live preview of a generation every this many steps (0: none), sent with its progress.
     preview_every_steps: int = 5
     # Training started from the training-data bucket without its own .toml.
@@ -165,6 +168,8 @@ class StudioConfig(ConfigModel, BaseSettings):
             )
         _whole("max_attempts", self.max_attempts, 1, 100)
         _whole("preview_every_steps", self.preview_every_steps, 0, 1000)
+        if self.model_memory_gb is not None:
+            _positive("model_memory_gb", self.model_memory_gb)
         _whole("webhook_attempts", self.webhook_attempts, 1, 100)
         for name in (
             "lease_seconds",

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from atelier.errors import AtelierError, NotFoundError
+from atelier.errors import AtelierError, ConflictError, NotFoundError
 from atelier.service.database import UtcDateTime, metadata, migrate, open_database, utc_now, write_engine
 from atelier.service.jobs import (
     FINISHED_STATES,
@@ -433,6 +433,37 @@ class SqlJobStore:
         }
         with self.engine.begin() as conn:
             return self._update_held(conn, job_id, worker_id, values)
+
+    def retry(self, job_id: str) -> Job:
+        """Queue a failed or canceled job again, with fresh attempts, behind the jobs already queued.
+
+        The job keeps its id, so its outputs keep their names and a training run finds the state it saved when
+        it was stopped. :class:`ConflictError` for a job that is queued, running or succeeded.
+        """
+        with self._write_engine.begin() as conn:
+            moved = conn.execute(
+                jobs_table.update()
+                .where(jobs_table.c.id == job_id, jobs_table.c.state.in_(("failed", "canceled")))
+                .values(
+                    state="queued",
+                    attempts=0,
+                    cancel_requested=False,
+                    error=None,
+                    result=None,
+                    worker_id=None,
+                    lease_expires_at=None,
+                    started_at=None,
+                    finished_at=None,
+                    queued_at=self._now(),
+                )
+            ).rowcount
+        job = self.get(job_id)
+        if not moved:
+            raise ConflictError(
+                f"job {job_id} is {job.state}: only failed or canceled jobs can be queued again",
+                field="job_id",
+            )
+        return job
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job: a queued one at once, a running one by asking its worker (seen at its next heartbeat).

@@ -21,12 +21,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
-from atelier.errors import AtelierError
+from atelier.errors import AtelierError, NotFoundError
+from atelier.service.database import utc_now
 from atelier.service.failures import describe_failure, is_transient, server_roots
 from atelier.service.handlers import HANDLERS
 from atelier.service.jobs import JOB_KINDS, Job
@@ -117,6 +119,8 @@ class Worker:
             self._load_default_model()
         if "train" in self.kinds:
             from atelier.training import train_lora  # noqa: F401 - loads torch, diffusers and peft now
+
+            self.prune_train_dirs()
 
     def _load_default_model(self) -> None:
         try:
@@ -258,6 +262,32 @@ class Worker:
         info = {"error_field": problem.field, "user_error": True}
         self.store.heartbeat(job.id, self.worker_id, lease_seconds=self.config.lease_seconds, info=info)
 
+    def prune_train_dirs(self, keep_canceled: timedelta = timedelta(days=7)) -> None:
+        """Remove this machine's training folders that nothing will resume.
+
+        Kept: runs still queued or running, and canceled runs younger than ``keep_canceled`` (they can be
+        resumed). Removed: finished runs, runs whose job is gone, and older canceled ones.
+        """
+        root = self.config.cache_dir / "train"
+        if not root.is_dir():
+            return
+        now = utc_now()
+        for folder in root.iterdir():
+            try:
+                job = self.store.get(folder.name)
+            except NotFoundError:
+                job = None
+            keep = job is not None and (
+                not job.finished
+                or (
+                    job.state == "canceled"
+                    and job.finished_at is not None
+                    and now - job.finished_at < keep_canceled
+                )
+            )
+            if not keep:
+                shutil.rmtree(folder, ignore_errors=True)
+
     def train_dir(self, job: Job) -> Path:
         """This machine's working folder for a training job (extracted data, run state for resuming)."""
         return self.config.cache_dir / "train" / job.id
@@ -268,8 +298,9 @@ class Worker:
             logger.warning("job %s: lease lost; another worker will run it", job.id)
         elif current.cancel_requested:
             if self.store.mark_canceled(job.id, self.worker_id):
+                # A canceled training run keeps its saved state: "Resume" (POST /api/jobs/{id}/retry) goes on
+                # from there. prune_train_dirs() removes it after a week.
                 logger.info("job %s canceled", job.id)
-                shutil.rmtree(self.train_dir(job), ignore_errors=True)
         else:
             # This worker is shutting down: hand the job back now rather than after the lease expires, without
             # counting it as a failed attempt (a scale-down is not the job's fault).
@@ -286,12 +317,14 @@ class Worker:
     @property
     def engine(self) -> Any:
         if self._engine is None:
-            from atelier.engine import Engine, LoraLibrary, PreviewDecoders
+            from atelier.engine import Engine, LoraLibrary, ModelCache, PreviewDecoders
             from atelier.service.controlnets import controlnet_library
 
             self.files.lora_dir.mkdir(parents=True, exist_ok=True)
+            budget = self.config.model_memory_gb
             self._engine = Engine(
                 device=self.config.device,
+                models=ModelCache(memory_budget=None if budget is None else int(budget * 1024**3)),
                 loras=LoraLibrary(self.files.lora_dir),
                 controlnets=controlnet_library(self.storage, self.config.cache_dir),
                 max_controlnet_units=self.config.max_controlnet_units,

@@ -78,6 +78,8 @@ class TrainProgress:
     lr: float
     it_per_s: float
     samples: list[Path] = field(default_factory=list)  # images rendered at this step
+    # What the run warned about so far (images upscaled, no fp16, no 8-bit AdamW, ...), for the run's panel.
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -747,6 +749,7 @@ class LoraRecipe:
                     lr=float(self.lr_scheduler.get_last_lr()[0]),
                     it_per_s=(state.step - session_start_step) / elapsed,
                     samples=list(new_samples),
+                    warnings=list(self.warnings),
                 )
             )
             new_samples.clear()

@@ -27,6 +27,10 @@ from atelier.engine import (
 )
 from atelier.errors import AtelierError
 
+# Interactive requests have priority 0; a batch asks for less so it never holds a person's picture back.
+PRIORITY_HEADER = "X-Atelier-Priority"
+BATCH_PRIORITY = -1
+
 
 class Backend(Protocol):
     """Where images are made: the engine in this process, or a studio over HTTP."""
@@ -88,6 +92,9 @@ class StudioBackend:
             raise AtelierError(f"server URL must start with http:// or https://, got {url!r}", field="server")
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # A catalog batch queues behind the team's interactive generations (Atelier reads this header; an
+        # A1111 server ignores it).
+        headers[PRIORITY_HEADER] = str(BATCH_PRIORITY)
         # Waiting in a busy studio's queue can take long; connecting should not.
         self.client = httpx.Client(
             base_url=self.url,

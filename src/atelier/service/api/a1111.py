@@ -21,43 +21,33 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from atelier import __version__
 from atelier.errors import AtelierError, JobFailedError, JobTimeoutError, NotFoundError
+from atelier.service.api.a1111_requests import (
+    A1111Response,
+    Img2ImgRequest,
+    PngInfoRequest,
+    ProcessingRequest,
+    Txt2ImgRequest,
+    current_model,
+    prepare_img2img,
+    prepare_txt2img,
+    studio_options,
+    translate_error,
+)
 from atelier.service.api.common import request_caller, request_owner, require_admin
 from atelier.service.config import is_loopback_host
 from atelier.service.job_types import GenerateResult
-from atelier.service.jobs import Job
+from atelier.service.jobs import MAX_PRIORITY, Job
 from atelier.service.registry import ModelRecord
 from atelier.service.security import decode_image
 from atelier.service.studio import Studio
-from atelier.service.submit import PreparedGeneration, prepare_generation, submit_generation
+from atelier.service.submit import PreparedGeneration, submit_generation
 
-# GenerationRequest's field names -> the A1111 request field that carries the same value.
-A1111_FIELDS = {
-    "sampler": "sampler_name",
-    "schedule_type": "scheduler",
-    "batch_count": "n_iter",
-    "model": "sd_model_checkpoint",
-    "init_image": "init_images",
-    "inpaint_only_masked": "inpaint_full_res",
-    "inpaint_padding": "inpaint_full_res_padding",
-    "mask_invert": "inpainting_mask_invert",
-    "refiner": "refiner_checkpoint",
-    "clip_skip": "CLIP_stop_at_last_layers",
-    "lora": "prompt",
-}
-RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
 # A1111's scheduler names (modules/sd_schedulers.py) for the schedule types Atelier offers.
 _SCHEDULER_RHO = {"Karras": 7.0}
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "samples_format": "png",
-    "CLIP_stop_at_last_layers": 1,
-    "sd_vae": "Automatic",
-    "sd_lora": "None",
-}
 
 
 def get_studio(request: Request) -> Studio:
@@ -67,275 +57,7 @@ def get_studio(request: Request) -> Studio:
 StudioDep = Annotated[Studio, Depends(get_studio)]
 
 
-class _ProcessingRequest(BaseModel):
-    """Fields common to A1111's txt2img and img2img requests (``StableDiffusionProcessing``)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    prompt: str = ""
-    negative_prompt: str = ""
-    styles: list[str] | None = None
-    seed: int = -1
-    subseed: int = -1
-    subseed_strength: float = 0.0
-    seed_resize_from_h: int = -1
-    seed_resize_from_w: int = -1
-    sampler_name: str | None = None
-    sampler_index: str | None = "Euler"
-    scheduler: str | None = None
-    batch_size: int = 1
-    n_iter: int = 1
-    steps: int = 50
-    cfg_scale: float = 7.0
-    width: int = 512
-    height: int = 512
-    restore_faces: bool | None = None
-    tiling: bool | None = None
-    do_not_save_samples: bool = False
-    do_not_save_grid: bool = False
-    eta: float | None = None
-    denoising_strength: float | None = None
-    s_min_uncond: float | None = None
-    s_churn: float | None = None
-    s_tmax: float | None = None
-    s_tmin: float | None = None
-    s_noise: float | None = None
-    override_settings: dict[str, Any] | None = None
-    override_settings_restore_afterwards: bool = True
-    refiner_checkpoint: str | None = None
-    refiner_switch_at: float | None = None
-    disable_extra_networks: bool = False
-    comments: dict[str, Any] | None = None
-    script_name: str | None = None
-    script_args: list[Any] = Field(default_factory=list)
-    send_images: bool = True
-    save_images: bool = False
-    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
-    force_task_id: str | None = None
-    infotext: str | None = None
-
-
-class Txt2ImgRequest(_ProcessingRequest):
-    enable_hr: bool = False
-    denoising_strength: float | None = None
-    firstphase_width: int = 0
-    firstphase_height: int = 0
-    hr_scale: float = 2.0
-    hr_upscaler: str | None = None
-    hr_second_pass_steps: int = 0
-    hr_resize_x: int = 0
-    hr_resize_y: int = 0
-    hr_checkpoint_name: str | None = None
-    hr_sampler_name: str | None = None
-    hr_scheduler: str | None = None
-    hr_prompt: str = ""
-    hr_negative_prompt: str = ""
-
-
-class Img2ImgRequest(_ProcessingRequest):
-    init_images: list[str] | None = None
-    resize_mode: int = 0
-    image_cfg_scale: float | None = None
-    mask: str | None = None
-    mask_blur_x: int = 4
-    mask_blur_y: int = 4
-    mask_blur: int | None = None
-    mask_round: bool = True
-    inpainting_fill: int = 0
-    inpaint_full_res: bool = True
-    inpaint_full_res_padding: int = 0
-    inpainting_mask_invert: int = 0
-    initial_noise_multiplier: float | None = None
-    latent_mask: str | None = None
-    include_init_images: bool = False
-    denoising_strength: float = 0.75
-
-
-class PngInfoRequest(BaseModel):
-    image: str
-
-
-class A1111Response(BaseModel):
-    images: list[str] | None = None
-    parameters: dict[str, Any]
-    info: str
-
-
-def _translate(problem: AtelierError) -> AtelierError:
-    """The same error, naming the A1111 request field instead of Atelier's."""
-    field = A1111_FIELDS.get(problem.field or "", problem.field)
-    return type(problem)(str(problem), field=field)
-
-
-def _refuse_unsupported(body: _ProcessingRequest) -> None:
-    unsupported = [
-        ("restore_faces", bool(body.restore_faces), "face restoration is not available"),
-        ("tiling", bool(body.tiling), "tiling is not available"),
-        ("subseed_strength", body.subseed_strength != 0, "variation seeds are not available"),
-        (
-            "seed_resize_from_w",
-            body.seed_resize_from_w > 0 or body.seed_resize_from_h > 0,
-            "seed resize is not available",
-        ),
-        ("script_name", bool(body.script_name), "scripts are not available"),
-        ("styles", bool(body.styles), "saved styles are not available; put the style text in the prompt"),
-        (
-            "alwayson_scripts",
-            any(
-                (value or {}).get("args")
-                for name, value in body.alwayson_scripts.items()
-                if isinstance(value, dict) and name.lower() != "controlnet"
-            )
-            or any(not isinstance(value, dict) for value in body.alwayson_scripts.values()),
-            "extension scripts are not available",
-        ),
-    ]
-    if isinstance(body, Txt2ImgRequest):
-        unsupported.append(
-            ("enable_hr", body.enable_hr, "hires fix is not available; generate at the final size")
-        )
-    for field, requested, reason in unsupported:
-        if requested:
-            raise AtelierError(f"{field}: {reason} in Atelier", field=field)
-
-
-def _generation_values(body: _ProcessingRequest, options: dict[str, Any]) -> dict[str, Any]:
-    overrides = body.override_settings or {}
-    clip_skip = overrides.get("CLIP_stop_at_last_layers", options.get("CLIP_stop_at_last_layers", 1))
-    values: dict[str, Any] = {
-        "prompt": body.prompt,
-        "negative_prompt": body.negative_prompt,
-        "sampler": body.sampler_name or body.sampler_index or "Euler",
-        "schedule_type": body.scheduler,
-        "steps": body.steps,
-        "cfg_scale": body.cfg_scale,
-        "seed": body.seed,
-        "width": body.width,
-        "height": body.height,
-        "batch_size": body.batch_size,
-        "batch_count": body.n_iter,
-        "clip_skip": clip_skip,
-    }
-    if body.refiner_switch_at is not None:
-        values["refiner_switch_at"] = body.refiner_switch_at
-    return values
-
-
-def resize_image(image: Any, mode: int, width: int, height: int) -> Any:
-    """A1111's img2img resize modes: 0/3 stretch, 1 crop to the aspect ratio, 2 fit and fill the borders."""
-    from PIL import Image
-
-    if mode in (0, 3):
-        return image.resize((width, height), Image.Resampling.LANCZOS)
-    scale = (
-        max(width / image.width, height / image.height)
-        if mode == 1
-        else min(width / image.width, height / image.height)
-    )
-    resized_width, resized_height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
-    resized = image.resize((resized_width, resized_height), Image.Resampling.LANCZOS)
-    if mode == 1:
-        left, top = (resized_width - width) // 2, (resized_height - height) // 2
-        return resized.crop((left, top, left + width, top + height))
-    canvas = Image.new(resized.mode, (width, height))
-    left, top = (width - resized_width) // 2, (height - resized_height) // 2
-    canvas.paste(resized, (left, top))
-    # The uncovered bands repeat the image's outermost rows or columns, as A1111 fills them.
-    if top > 0:
-        canvas.paste(resized.crop((0, 0, resized_width, 1)).resize((resized_width, top)), (left, 0))
-        bottom = height - top - resized_height
-        if bottom > 0:
-            edge = resized.crop((0, resized_height - 1, resized_width, resized_height))
-            canvas.paste(edge.resize((resized_width, bottom)), (left, top + resized_height))
-    if left > 0:
-        canvas.paste(resized.crop((0, 0, 1, resized_height)).resize((left, resized_height)), (0, top))
-        right = width - left - resized_width
-        if right > 0:
-            edge = resized.crop((resized_width - 1, 0, resized_width, resized_height))
-            canvas.paste(edge.resize((right, resized_height)), (left + resized_width, top))
-    return canvas
-
-
-def _model_name(body: _ProcessingRequest) -> str | None:
-    checkpoint = (body.override_settings or {}).get("sd_model_checkpoint")
-    if checkpoint is not None and not isinstance(checkpoint, str):
-        raise AtelierError("sd_model_checkpoint must be a model title", field="sd_model_checkpoint")
-    return checkpoint
-
-
-def _prepare_txt2img(studio: Studio, body: Txt2ImgRequest) -> PreparedGeneration:
-    _refuse_unsupported(body)
-    values = _generation_values(body, _options(studio))
-    return prepare_generation(
-        studio,
-        values,
-        model=_model_name(body) or _current_model(studio).name,
-        refiner=body.refiner_checkpoint or None,
-        controlnet_units=_controlnet_units(studio, body),
-    )
-
-
-def _prepare_img2img(studio: Studio, body: Img2ImgRequest) -> PreparedGeneration:
-    _refuse_unsupported(body)
-    if not body.init_images:
-        raise AtelierError("init_images needs one base64 image", field="init_images")
-    if len(body.init_images) != 1:
-        raise AtelierError(
-            "init_images: Atelier takes exactly one init image per request", field="init_images"
-        )
-    if body.resize_mode not in range(len(RESIZE_MODES)):
-        raise AtelierError(f"resize_mode must be 0 to {len(RESIZE_MODES) - 1}", field="resize_mode")
-    if body.mask_blur is None and body.mask_blur_x != body.mask_blur_y:
-        raise AtelierError("mask_blur_x and mask_blur_y must be equal in Atelier", field="mask_blur_x")
-    limit = studio.config.max_image_pixels
-    init_image = decode_image(body.init_images[0], field="init_images", max_pixels=limit)
-    mask = decode_image(body.mask, field="mask", max_pixels=limit) if body.mask else None
-    if mask is not None and mask.size != init_image.size:
-        raise AtelierError(
-            f"mask size {mask.width}x{mask.height} differs from image size {init_image.width}x{init_image.height}",
-            field="mask",
-        )
-    only_masked = mask is not None and bool(body.inpaint_full_res)
-    if not only_masked:
-        # A1111 brings the image (and mask) to the requested size with resize_mode before processing.
-        init_image = resize_image(init_image, body.resize_mode, body.width, body.height)
-        if mask is not None:
-            mask = resize_image(mask, body.resize_mode, body.width, body.height)
-    values = _generation_values(body, _options(studio))
-    values["denoising_strength"] = body.denoising_strength
-    if mask is not None:
-        from atelier.engine import INPAINTING_FILL_MODES
-
-        if body.inpainting_fill not in range(len(INPAINTING_FILL_MODES)):
-            raise AtelierError(
-                f"inpainting_fill must be 0 to {len(INPAINTING_FILL_MODES) - 1}", field="inpainting_fill"
-            )
-        values.update(
-            mask_blur=body.mask_blur if body.mask_blur is not None else body.mask_blur_x,
-            inpainting_fill=INPAINTING_FILL_MODES[body.inpainting_fill],
-            inpaint_only_masked=only_masked,
-            inpaint_padding=body.inpaint_full_res_padding,
-            mask_invert=bool(body.inpainting_mask_invert),
-        )
-    return prepare_generation(
-        studio,
-        values,
-        model=_model_name(body) or _current_model(studio).name,
-        init_image=init_image,
-        mask=mask,
-        controlnet_units=_controlnet_units(studio, body),
-    )
-
-
-def _controlnet_units(studio: Studio, body: _ProcessingRequest) -> list[Any]:
-    from atelier.service.controlnets import a1111_script_units
-
-    return a1111_script_units(
-        body.alwayson_scripts, storage=studio.storage, max_pixels=studio.config.max_image_pixels
-    )
-
-
-def _info(job: Job, prepared: PreparedGeneration, body: _ProcessingRequest) -> str:
+def _info(job: Job, prepared: PreparedGeneration, body: ProcessingRequest) -> str:
     """A1111's ``Processed.js()`` for a finished job."""
     result = GenerateResult.model_validate(job.result) if job.state == "succeeded" else None
     seeds = result.seeds if result else []
@@ -379,17 +101,40 @@ def _info(job: Job, prepared: PreparedGeneration, body: _ProcessingRequest) -> s
     return json.dumps(info)
 
 
+def _priority(request: Request) -> int:
+    """``X-Atelier-Priority``: A1111's API has no priority field, so batch tools (``atelier batch``) say it here.
+
+    0 (interactive) when absent; higher runs first, as in the native API.
+    """
+    text = request.headers.get("x-atelier-priority")
+    if text is None:
+        return 0
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = None
+    if value is None or not -MAX_PRIORITY <= value <= MAX_PRIORITY:
+        raise AtelierError(
+            f"X-Atelier-Priority must be a whole number from {-MAX_PRIORITY} to {MAX_PRIORITY}, got {text!r}",
+            field="X-Atelier-Priority",
+        )
+    return value
+
+
 async def _run(
-    request: Request, body: _ProcessingRequest, prepare: Any, *, include_images: bool = False
+    request: Request, body: ProcessingRequest, prepare: Any, *, include_images: bool = False
 ) -> dict[str, Any]:
     studio: Studio = request.app.state.studio
     try:
         prepared = await run_in_threadpool(prepare, studio, body)
+        priority = _priority(request)
         job = await run_in_threadpool(
-            lambda: submit_generation(studio, prepared, owner=request_owner(request), origin="a1111")
+            lambda: submit_generation(
+                studio, prepared, owner=request_owner(request), origin="a1111", priority=priority
+            )
         )
     except AtelierError as problem:
-        raise _translate(problem) from None
+        raise translate_error(problem) from None
     timeout = studio.config.request_timeout_seconds
     try:
         job = await asyncio.wait_for(request.app.state.waiter.wait(job.id), timeout=timeout)
@@ -400,7 +145,7 @@ async def _run(
         ) from None
     if job.state == "failed":
         if job.progress_info.get("user_error"):
-            raise _translate(
+            raise translate_error(
                 AtelierError(job.error or "the job failed", field=job.progress_info.get("error_field"))
             )
         raise JobFailedError(f"job {job.id} failed: {job.error}", field="job_id")
@@ -414,14 +159,6 @@ async def _run(
         parameters["init_images"] = None
         parameters["mask"] = None
     return {"images": images, "parameters": parameters, "info": _info(job, prepared, body)}
-
-
-def _options(studio: Studio) -> dict[str, Any]:
-    return {**DEFAULT_OPTIONS, **studio.settings.all()}
-
-
-def _current_model(studio: Studio) -> ModelRecord:
-    return studio.registry.default_checkpoint(studio.settings.get("sd_model_checkpoint"))
 
 
 def _sd_model(record: ModelRecord) -> dict[str, Any]:
@@ -441,11 +178,11 @@ def build_a1111_router() -> APIRouter:
 
     @router.post("/txt2img", response_model=A1111Response, summary="Text to image (waits for the queued job)")
     async def txt2img(body: Txt2ImgRequest, request: Request) -> dict[str, Any]:
-        return await _run(request, body, _prepare_txt2img)
+        return await _run(request, body, prepare_txt2img)
 
     @router.post("/img2img", response_model=A1111Response, summary="Image to image and inpainting")
     async def img2img(body: Img2ImgRequest, request: Request) -> dict[str, Any]:
-        return await _run(request, body, _prepare_img2img, include_images=body.include_init_images)
+        return await _run(request, body, prepare_img2img, include_images=body.include_init_images)
 
     @router.get("/sd-models")
     def sd_models(studio: StudioDep) -> list[dict[str, Any]]:
@@ -489,9 +226,9 @@ def build_a1111_router() -> APIRouter:
 
     @router.get("/options")
     def get_options(studio: StudioDep) -> dict[str, Any]:
-        options = _options(studio)
+        options = studio_options(studio)
         try:
-            current = _current_model(studio)
+            current = current_model(studio)
         except NotFoundError:
             return options
         return {**options, "sd_model_checkpoint": current.title, "sd_checkpoint_hash": current.sha256}

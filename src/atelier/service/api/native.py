@@ -122,6 +122,7 @@ def job_links(job: Job) -> dict[str, str]:
         "events": f"{base}/events",
         "results": f"{base}/results",
         "cancel": f"{base}/cancel",
+        "retry": f"{base}/retry",
     }
 
 
@@ -308,6 +309,16 @@ def build_native_router(config: StudioConfig) -> APIRouter:
         visible_job(studio.store, request_caller(request), job_id)
         return job_view(studio, studio.store.cancel(job_id))
 
+    @router.post(
+        "/jobs/{job_id}/retry",
+        status_code=202,
+        summary="Queue a failed or canceled job again (a canceled training run resumes where it stopped)",
+        responses={409: {"description": "the job is queued, running or succeeded"}},
+    )
+    def retry_job(job_id: str, request: Request, studio: StudioDep) -> dict[str, Any]:
+        visible_job(studio.store, request_caller(request), job_id)
+        return job_view(studio, studio.store.retry(job_id))
+
     @router.get("/jobs/{job_id}/events", summary="Live progress as server-sent events")
     async def job_event_stream(job_id: str, request: Request, studio: StudioDep) -> StreamingResponse:
         await run_in_threadpool(visible_job, studio.store, request_caller(request), job_id)
@@ -333,6 +344,12 @@ def build_native_router(config: StudioConfig) -> APIRouter:
             )
             out["model"] = trained.model or None
             out["samples"] = [{"key": key, "url": _file_url(key)} for key in trained.samples]
+            # Each saved epoch is a LoRA of its own, named as kohya names the file: "parka-000004".
+            out["epochs"] = [
+                {"name": PurePosixPath(key).stem, "key": key}
+                for key in trained.epoch_files
+                if key.startswith("models/")
+            ]
             if trained.summary:
                 out["summary_url"] = _file_url(trained.summary)
         return out

@@ -88,6 +88,9 @@ def run_train(worker: WorkerContext, job: Job, lease: JobLease) -> TrainResult:
                 "lr": progress.lr,
                 "it_per_s": progress.it_per_s,
                 "samples": list(published.values()),
+                "warnings": list(progress.warnings),
+                # Went on from the state a stopped run saved (Resume, or a worker that was shut down).
+                "resumed": resume,
             },
         )
 
@@ -106,7 +109,8 @@ def run_train(worker: WorkerContext, job: Job, lease: JobLease) -> TrainResult:
         if result.stopped or result.output_file is None:
             raise JobInterrupted()
         record = publish_lora(worker, job, Path(result.output_file), output_name, base, zip_key)
-        samples, epoch_files, summary = _store_training_outputs(worker, job, result)
+        epoch_files = _publish_epochs(worker, job, result, record.name, base, zip_key)
+        samples, summary = _store_training_outputs(worker, job, result, epoch_files)
     finally:
         gc.collect()
         _free_accelerator_memory()
@@ -115,7 +119,15 @@ def run_train(worker: WorkerContext, job: Job, lease: JobLease) -> TrainResult:
 
 
 def publish_lora(
-    worker: WorkerContext, job: Job, output_file: Path, name: str, base: ModelRecord, zip_key: str
+    worker: WorkerContext,
+    job: Job,
+    output_file: Path,
+    name: str,
+    base: ModelRecord,
+    zip_key: str,
+    *,
+    folder: str = "models",
+    details: dict[str, Any] | None = None,
 ) -> ModelRecord:
     """Store the trained LoRA in the models bucket and register it, claiming its ledger entry first.
 
@@ -125,7 +137,7 @@ def publish_lora(
     if info.kind != "lora":
         raise AtelierError(f"training wrote {output_file.name}, which is not a LoRA", field="output_name")
     name = training_output_name(worker.studio, name, zip_key)
-    key = f"models/{name}.safetensors"
+    key = f"{folder}/{name}.safetensors"
     worker.storage.put_file(key, output_file)
     stored = next((item for item in worker.storage.list(key) if item.key == key), None)
     version = stored.version if stored else f"sha256:{info.sha256}"
@@ -137,7 +149,7 @@ def publish_lora(
         info=info,
         version=version,
         source="training",
-        details={"job_id": job.id, "base_model": base.name, "training_data": zip_key},
+        details={"job_id": job.id, "base_model": base.name, "training_data": zip_key, **(details or {})},
     )
     try:
         worker.ledger.mark_done("models", key, version)
@@ -146,8 +158,38 @@ def publish_lora(
     return record
 
 
-def _store_training_outputs(worker: WorkerContext, job: Job, result: Any) -> tuple[list[str], list[str], str]:
-    """Copy the run's sample images, per-epoch LoRAs and summary to ``outputs/<job id>/``; their keys."""
+def _publish_epochs(
+    worker: WorkerContext, job: Job, result: Any, name: str, base: ModelRecord, zip_key: str
+) -> list[str]:
+    """Register each per-epoch LoRA as ``<name>-<epoch:06d>`` (kohya's file names), usable in prompts at once.
+
+    People pick the best epoch by trying them side by side (``<lora:parka-000004:0.8>``, an X/Y grid), so each
+    one is a LoRA of its own, stored under ``models/epochs/<name>/`` to keep the models folder readable.
+    """
+    keys = []
+    for epoch_file in result.epoch_files or []:
+        path = Path(epoch_file)
+        epoch = path.stem.rsplit("-", 1)[-1]
+        if not path.is_file() or not epoch.isdigit():
+            continue
+        record = publish_lora(
+            worker,
+            job,
+            path,
+            f"{name}-{epoch}",
+            base,
+            zip_key,
+            folder=f"models/epochs/{name}",
+            details={"epoch": int(epoch), "lora": name},
+        )
+        keys.append(record.storage_key)
+    return keys
+
+
+def _store_training_outputs(
+    worker: WorkerContext, job: Job, result: Any, epoch_files: list[str]
+) -> tuple[list[str], str]:
+    """Copy the run's sample images and summary to ``outputs/<job id>/``; their keys."""
     prefix = f"outputs/{job.id}"
     samples = []
     for sample in result.samples or []:
@@ -156,23 +198,16 @@ def _store_training_outputs(worker: WorkerContext, job: Job, result: Any) -> tup
             key = f"{prefix}/samples/{path.name}"
             worker.storage.put_file(key, path)
             samples.append(key)
-    epochs = []
-    for epoch_file in result.epoch_files or []:
-        path = Path(epoch_file)
-        if path.is_file():
-            key = f"{prefix}/epochs/{path.name}"
-            worker.storage.put_file(key, path)
-            epochs.append(key)
     summary = {
         "job_id": job.id,
         "summary": result.summary,
         "loss_curve": result.loss_curve,
         "samples": samples,
-        "epoch_files": epochs,
+        "epoch_files": epoch_files,
     }
     summary_key = f"{prefix}/training.json"
     worker.storage.put_bytes(summary_key, json.dumps(summary, indent=2, default=str).encode("utf-8"))
-    return samples, epochs, summary_key
+    return samples, summary_key
 
 
 def _free_accelerator_memory() -> None:

@@ -2,7 +2,7 @@
 
 import { ApiError, api, dataUrl, fileObjectUrl, fileUrl, followJob } from "./api.js";
 import { catalog, findCheckpoint, isSdxl } from "./catalog.js";
-import { controlNetUnits, initControlNet } from "./controlnet.js";
+import { controlNetErrorAliases, controlNetUnits, initControlNet } from "./controlnet.js";
 import { $, $$, describeJob, h, pairSlider, progressBar, setProgress, shortId, toast } from "./dom.js";
 import { clearErrors, showError, showFieldError } from "./fields.js";
 import { MaskEditor } from "./maskeditor.js";
@@ -367,7 +367,7 @@ async function buildRequest() {
 }
 
 function errorAliases() {
-  const aliases = { lora: "prompt", body: null };
+  const aliases = { lora: "prompt", body: null, ...controlNetErrorAliases() };
   if (mode === "inpaint") {
     aliases.init_image = "inpaint_image";
     if (maskSource() === "upload") aliases.mask = "mask_upload";

@@ -24,6 +24,17 @@ async function cancel(job, button) {
 }
 
 /** What the job is, in words people recognise: the run's LoRA name, or the prompt with its model and LoRAs. */
+async function retry(job, button) {
+  button.disabled = true;
+  try {
+    await api.post(`/api/jobs/${job.id}/retry`);
+    await refreshQueue();
+  } catch (error) {
+    toast(error.message, "error");
+    button.disabled = false;
+  }
+}
+
 function jobTitle(job) {
   const label = job.label || {};
   const main = job.kind === "train" ? `LoRA ${label.name || "run"}` : label.prompt || "(no prompt)";
@@ -56,6 +67,13 @@ function row(job) {
         "View",
       ),
     );
+  }
+  if (job.state === "failed" || (job.state === "canceled" && job.kind === "train")) {
+    // A canceled training run resumes from its saved state; a failed job of either kind is tried afresh.
+    const label = job.state === "canceled" ? "Resume" : "Retry";
+    const button = h("button", { type: "button", class: "btn btn-quiet btn-small", "aria-label": `${label} job ${shortId(job.id)}` }, label);
+    button.addEventListener("click", () => retry(job, button));
+    actions.append(button);
   }
   if (active && !job.cancel_requested) {
     const button = h("button", { type: "button", class: "btn btn-quiet btn-danger btn-small", "aria-label": `Cancel job ${shortId(job.id)}` }, "Cancel");

@@ -292,6 +292,27 @@ function showRunState(job) {
   setProgress($("#t-run-bar"), job.progress);
   $("#t-run-cancel").hidden = Boolean(job.finished_at);
   $("#t-run-error").textContent = job.state === "failed" ? job.error || "" : "";
+  // A failed run can be tried again; a canceled one goes on from the state it saved when it stopped.
+  const retry = $("#t-run-retry");
+  retry.hidden = job.state !== "failed" && job.state !== "canceled";
+  retry.textContent = job.state === "canceled" ? "Resume" : "Retry";
+  const warnings = job.info?.warnings || [];
+  const list = $("#t-run-warnings");
+  list.hidden = !warnings.length;
+  list.replaceChildren(...warnings.map((text) => h("li", {}, text)));
+}
+
+async function retryRun() {
+  if (!currentRun) return;
+  const { id, name } = currentRun;
+  try {
+    const job = await api.post(`/api/jobs/${id}/retry`);
+    toast(job.kind === "train" ? `Training ${name || shortId(id)} is queued again.` : "Queued again.");
+    selectRun(job, name);
+    refreshRuns();
+  } catch (error) {
+    toast(error.message, "error");
+  }
 }
 
 function addLossPoint(run, job) {
@@ -312,6 +333,7 @@ export function selectRun(job, name = null) {
   $("#t-run-title").textContent = `${name || "Training run"} · ${shortId(job.id)}`;
   $("#t-samples-wrap").hidden = true;
   $("#t-use-wrap").hidden = true;
+  $("#t-epochs-wrap").hidden = true;
   drawLossChart($("#t-loss-chart"), []);
   showRunState(job);
   const update = (snapshot) => {
@@ -373,12 +395,33 @@ async function showRunResults(run, job) {
   }
   drawLossChart($("#t-loss-chart"), run.points);
   showSamples(run, results.samples || []);
+  const epochs = results.epochs || [];
+  $("#t-epochs-wrap").hidden = !epochs.length;
+  $("#t-epochs").replaceChildren(
+    ...epochs.map((epoch) =>
+      h(
+        "li",
+        {},
+        h("code", {}, epoch.name),
+        h(
+          "button",
+          { type: "button", class: "btn btn-quiet btn-small", onclick: () => useEpoch(epoch.name) },
+          "Use",
+        ),
+      ),
+    ),
+  );
   if (model.name) {
     $("#t-use-wrap").hidden = false;
     const trigger = knownTriggers.get(model.name);
     $("#t-use-note").textContent = `Adds <lora:${model.name}:0.8>${trigger ? ` and “${trigger}”` : ""} to the txt2img prompt.`;
     await refreshModels();
   }
+}
+
+function useEpoch(name) {
+  selectTab("txt2img");
+  insertLora(name, currentRun?.name ? knownTriggers.get(currentRun.name) : undefined);
 }
 
 function useLora() {
@@ -448,6 +491,7 @@ export function initTraining(options) {
   });
   form.addEventListener("submit", startTraining);
   $("#t-run-cancel").addEventListener("click", cancelRun);
+  $("#t-run-retry").addEventListener("click", retryRun);
   $("#t-use-lora").addEventListener("click", useLora);
   $("#t-runs-refresh").addEventListener("click", refreshRuns);
   drawLossChart($("#t-loss-chart"), []);
