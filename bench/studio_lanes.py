@@ -35,6 +35,9 @@ from pathlib import Path
 
 TRAINING = b"""
 resolution = 64
+min_bucket_reso = 32
+max_bucket_reso = 128
+bucket_reso_steps = 32
 train_batch_size = 2
 network_dim = 4
 network_alpha = 2.0
