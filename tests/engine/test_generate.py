@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from atelier.engine.generate import GenerationCanceled
+from atelier.engine import GenerationCanceled
 from atelier.engine.infotext import parse_infotext
 from atelier.engine.request import GenerationRequest
 from atelier.errors import AtelierError

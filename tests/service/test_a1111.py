@@ -217,9 +217,10 @@ def test_interrupt_cancels_the_running_job(api, http):
         ({"prompt": "x", "sampler_name": "Nope"}, "sampler_name"),
         ({"prompt": "x", "scheduler": "nope"}, "scheduler"),
         ({"prompt": "x", "steps": 0}, "steps"),
-        ({"prompt": "x", "width": 100}, "width"),
+        ({"prompt": "x", "width": 7}, "width"),
         ({"prompt": "x", "n_iter": "lots"}, "n_iter"),
-        ({"prompt": "x", "enable_hr": True}, "enable_hr"),
+        ({"prompt": "x", "enable_hr": True, "hr_upscaler": "4x-Nope"}, "hr_upscaler"),
+        ({"prompt": "x", "enable_hr": True, "hr_sampler_name": "Nope"}, "hr_sampler_name"),
         ({"prompt": "x <lora:missing:1>"}, "prompt"),
         ({"prompt": "x", "override_settings": {"sd_model_checkpoint": "missing"}}, "sd_model_checkpoint"),
     ],
@@ -228,6 +229,27 @@ def test_bad_txt2img_input_names_the_a1111_field(http, body, field):
     response = http.post("/sdapi/v1/txt2img", json={**SMALL, **body})
     assert 400 <= response.status_code < 500, response.text
     assert response.json()["field"] == field
+
+
+def test_hires_fix_and_sizes_that_are_not_multiples_of_8(api):
+    result = api.txt2img(
+        prompt="a yellow parka",
+        seed=3,
+        enable_hr=True,
+        hr_scale=2,
+        hr_upscaler=webuiapi.HiResUpscaler.Latent,
+        denoising_strength=0.6,
+        **SMALL,
+    )
+    assert result.image.size == (128, 128)
+    infotext = result.info["infotexts"][0]
+    assert "Size: 64x64" in infotext and "Hires upscaler: Latent" in infotext
+    assert "Denoising strength: 0.6" in infotext and "Hires upscale: 2" in infotext
+    # PNG info reads the hires fields back.
+    assert api.png_info(result.image).info == infotext
+    # A1111 rounds a size down to a multiple of 8 rather than refusing it.
+    odd = api.txt2img(prompt="a bag", seed=1, steps=2, width=100, height=70)
+    assert odd.image.size == (96, 64)
 
 
 def test_a_batch_tool_can_ask_for_a_lower_priority(served, http):

@@ -280,6 +280,18 @@ def test_metrics_show_queue_depth_and_latency(client):
     assert 'atelier_job_latency_seconds_count{kind="generate",state="succeeded"}' in text
 
 
+def test_hires_fix_through_the_native_api(client):
+    body = {**SMALL, "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Lanczos", "denoising_strength": 0.5}
+    job = finished(client, client.post("/api/generate", json=body).json()["id"])
+    assert job["state"] == "succeeded", job["error"]
+    (image,) = job["result"]["images"]
+    assert (image["width"], image["height"]) == (96, 96)
+    assert "Hires upscale: 1.5" in image["infotext"] and "Hires upscaler: Lanczos" in image["infotext"]
+    assert job["total"] == 2 + 1  # both passes count: 2 steps, then int(2 * 0.5)
+    refused = client.post("/api/generate", json={**SMALL, "enable_hr": True, "hr_scale": 40})
+    assert refused.status_code == 422 and refused.json()["field"] == "hr_scale"
+
+
 def test_openapi_docs_are_served_with_their_scripts_from_this_machine(client):
     for page in ("/docs", "/redoc"):
         html = client.get(page)

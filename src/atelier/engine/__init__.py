@@ -54,7 +54,7 @@ _EXPORTS = {
     "PreviewDecoders": "previews",
     "TaesdPreview": "previews",
     "GeneratedImage": "generate",
-    "GenerationCanceled": "generate",
+    "GenerationCanceled": "progress",
     "GenerationRequest": "request",
     "INPAINTING_FILL_MODES": "request",
     "SAMPLER_NAMES": "samplers",
@@ -108,7 +108,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         detect_controlnet_architecture,
     )
     from atelier.engine.convert import save_single_file, unet_key
-    from atelier.engine.generate import Engine, GeneratedImage, GenerationCanceled
+    from atelier.engine.generate import Engine, GeneratedImage
     from atelier.engine.infotext import format_infotext, parse_infotext, read_infotext, write_png
     from atelier.engine.library import DEMO_MODEL_NAME, ModelLibrary
     from atelier.engine.loras import DIFFUSERS_LORA_FILE, LoraLibrary, inspect_lora, lora_sha256
@@ -135,6 +135,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         preprocess,
     )
     from atelier.engine.previews import LinearPreview, PreviewDecoders, TaesdPreview
+    from atelier.engine.progress import GenerationCanceled
     from atelier.engine.request import INPAINTING_FILL_MODES, GenerationRequest
     from atelier.engine.samplers import (
         SAMPLER_NAMES,

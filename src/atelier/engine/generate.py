@@ -9,7 +9,6 @@ A diffusers user with the same settings gets the same picture.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,24 +31,22 @@ from atelier.engine.controlnet import (
     controlnet_pipeline,
     pipeline_inputs,
 )
+from atelier.engine.hires import hires_infotext, is_latent_upscaler, second_pass
 from atelier.engine.infotext import format_infotext
-from atelier.engine.loras import AppliedLora, LoraLibrary, apply_loras
+from atelier.engine.loras import LoraLibrary, apply_loras
 from atelier.engine.models import LoadedModel, ModelCache
 from atelier.engine.preprocessors import model_folder, needs_model
-from atelier.engine.previews import PreviewDecoder, PreviewDecoders
+from atelier.engine.previews import PreviewDecoders
+from atelier.engine.progress import (
+    CancelCheck,
+    PreviewCallback,
+    StepCallback,
+    StepProgress,
+)
 from atelier.engine.request import GenerationRequest
+from atelier.engine.request_prompts import RequestPrompts
 from atelier.engine.samplers import make_scheduler, resolve_sampler
 from atelier.errors import AtelierError, NotFoundError
-from atelier.prompts.parser import parse_prompt, strip_comments
-
-StepCallback = Callable[[int, int], None]
-CancelCheck = Callable[[], bool]
-# (picture, steps done, steps in all): a live preview of the first image of the batch.
-PreviewCallback = Callable[[Image.Image, int, int], None]
-
-
-class GenerationCanceled(Exception):
-    """Raised inside the denoising loop when the caller asked to stop."""
 
 
 @dataclass
@@ -157,14 +154,14 @@ class Engine:
         if not request.model:
             raise AtelierError("no model given", field="model")
         sampler, schedule_type = resolve_sampler(request.sampler, request.schedule_type)
-        prompt = _PromptTexts.parse(request, self.loras)
+        prompt = RequestPrompts.parse(request, self.loras)
         model = self.load(request.model)
         refiner = self._load_refiner(request, model)
         controls = self._load_controls(request, model)
         apply_loras(model.pipeline, model.loaded_loras, prompt.loras)
         first_seed = request.resolved_seed()
         total_images = request.batch_size * request.batch_count
-        progress = _Progress(
+        progress = StepProgress(
             on_step, should_cancel, total=self._steps_per_batch(request) * request.batch_count
         )
         if on_preview is not None and preview_every > 0:
@@ -200,6 +197,8 @@ class Engine:
             return self._run_inpaint(run, seeds, full_mask=True)
         if request.mode == "inpaint":
             return self._run_inpaint(run, seeds)
+        if request.enable_hr:
+            return self._run_hires(run, family, seeds)
         pipeline = self._pipeline(run, family, request.mode)
         kwargs: dict[str, Any] = {"width": request.width, "height": request.height}
         if request.mode == "img2img":
@@ -210,6 +209,45 @@ class Engine:
             kwargs = {"image": init, "strength": request.denoising_strength}
         kwargs.update(self._control_inputs(run, request.mode))
         return self._call(pipeline, run, seeds, kwargs)
+
+    def _run_hires(self, run: _Run, family: str, seeds: list[int]) -> list[Image.Image]:
+        """txt2img at the request's size, then upscaled and denoised again (engine/hires.py)."""
+        request, prompt = run.request, run.prompt
+        latent = is_latent_upscaler(request.hr_upscaler)
+        first = self._call(
+            self._pipeline(run, family, "txt2img"),
+            run,
+            seeds,
+            _size(request),
+            output_type="latent" if latent else "pil",
+        )
+        pipeline = run.model.variant(_PIPELINES[(family, "img2img")])
+        sampler, schedule_type = run.sampler, run.schedule_type
+        if request.hr_sampler:
+            sampler, schedule_type = resolve_sampler(request.hr_sampler, request.schedule_type)
+        pipeline.scheduler = make_scheduler(sampler, run.model.scheduler_config, schedule_type)
+        steps = request.hires_steps()
+        conditioning = self._encode(
+            pipeline,
+            prompt.hires_positive,
+            prompt.hires_negative,
+            request,
+            int(steps * request.denoising_strength),
+        )
+        with torch.inference_mode(), conditioning.attached(pipeline.unet):
+            return second_pass(
+                pipeline,
+                first,
+                upscaler=request.hr_upscaler,
+                size=request.hires_size(),
+                conditioning_kwargs=conditioning.kwargs,
+                strength=request.denoising_strength,
+                steps=steps,
+                cfg_scale=request.cfg_scale,
+                seeds=seeds,
+                callback=run.progress.callback(conditioning),
+                tensor_inputs=run.progress.tensor_inputs,
+            )
 
     def _run_inpaint(self, run: _Run, seeds: list[int], *, full_mask: bool = False) -> list[Image.Image]:
         request, model = run.request, run.model
@@ -371,11 +409,13 @@ class Engine:
 
     # -- the pipeline call -------------------------------------------------------------------------------------
 
-    def _call(self, pipeline: Any, run: _Run, seeds: list[int], kwargs: dict[str, Any]) -> list[Image.Image]:
+    def _call(
+        self, pipeline: Any, run: _Run, seeds: list[int], kwargs: dict[str, Any], *, output_type: str = "pil"
+    ) -> Any:
         request, prompt, refiner, progress = run.request, run.prompt, run.refiner, run.progress
         sampler, schedule_type = run.sampler, run.schedule_type
         pipeline.scheduler = make_scheduler(sampler, run.model.scheduler_config, schedule_type)
-        steps = self._steps_per_batch(request)
+        steps = self._first_pass_steps(request)
         conditioning = self._encode(pipeline, prompt.positive, prompt.negative, request, steps)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         call_kwargs: dict[str, Any] = {
@@ -391,7 +431,7 @@ class Engine:
         control_modes = control_modes_attached(run.active_controls, cfg=request.cfg_scale > 1.0)
         if refiner is None:
             with torch.inference_mode(), conditioning.attached(pipeline.unet), control_modes:
-                return pipeline(**call_kwargs, output_type="pil").images
+                return pipeline(**call_kwargs, output_type=output_type).images
         # Ensemble of expert denoisers: the base stops at the switch point and hands its latents to the refiner.
         call_kwargs["denoising_end"] = request.refiner_switch_at
         with torch.inference_mode(), conditioning.attached(pipeline.unet), control_modes:
@@ -443,10 +483,16 @@ class Engine:
             )
         return refiner
 
-    def _steps_per_batch(self, request: GenerationRequest) -> int:
+    def _first_pass_steps(self, request: GenerationRequest) -> int:
         if request.mode == "txt2img":
             return request.steps
         return max(1, int(request.steps * request.denoising_strength))
+
+    def _steps_per_batch(self, request: GenerationRequest) -> int:
+        steps = self._first_pass_steps(request)
+        if request.enable_hr:
+            steps += int(request.hires_steps() * request.denoising_strength)
+        return steps
 
     def _infotext_params(self, run: _Run, seed: int, image: Image.Image) -> dict[str, Any]:
         """Parameters in A1111's infotext order (``processing.create_infotext``)."""
@@ -458,10 +504,15 @@ class Engine:
             "Schedule type": schedule_type,
             "CFG scale": request.cfg_scale,
             "Seed": seed,
-            "Size": f"{image.width}x{image.height}",
+            # A1111 writes the first pass's size; the hires fields below say what it became.
+            "Size": f"{request.width}x{request.height}"
+            if request.enable_hr
+            else f"{image.width}x{image.height}",
             "Model hash": model.short_hash,
             "Model": model.name,
-            "Denoising strength": request.denoising_strength if request.mode != "txt2img" else None,
+            "Denoising strength": (
+                request.denoising_strength if request.mode != "txt2img" or request.enable_hr else None
+            ),
             "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
         }
         if request.mode == "inpaint":
@@ -472,6 +523,8 @@ class Engine:
             if request.mask_invert:
                 params["Mask mode"] = "Inpaint not masked"
             params["Masked content"] = request.inpainting_fill
+        if request.enable_hr:
+            params.update(hires_infotext(request))
         for control in run.controls:
             params[f"ControlNet {control.index}"] = control.unit.infotext(control.net.label)
         if prompt.loras:
@@ -494,12 +547,12 @@ class _Run:
     """Everything one ``generate`` call resolved once and every batch uses."""
 
     request: GenerationRequest
-    prompt: _PromptTexts
+    prompt: RequestPrompts
     model: LoadedModel
     refiner: LoadedModel | None
     sampler: str
     schedule_type: str
-    progress: _Progress
+    progress: StepProgress
     controls: list[ResolvedControl] = field(default_factory=list)
     # Made in the first batch, reused by the others: the same units, sizes and crop every time.
     control_maps: list[Image.Image] | None = None
@@ -509,75 +562,5 @@ class _Run:
         return [control for control in self.controls if control.unit.active]
 
 
-@dataclass
-class _PromptTexts:
-    """The request's prompts with comments stripped and LoRA tags taken out (and resolved to files)."""
-
-    positive: str
-    negative: str
-    refiner_positive: str
-    refiner_negative: str
-    loras: list[AppliedLora]
-
-    @classmethod
-    def parse(cls, request: GenerationRequest, library: LoraLibrary | None) -> _PromptTexts:
-        parsed = parse_prompt(request.prompt)
-        loras = []
-        for tag in parsed.loras:
-            if library is None:
-                raise AtelierError(
-                    f"the prompt uses <lora:{tag.name}>, but no LoRA folder is set up", field="lora"
-                )
-            loras.append(AppliedLora(library.entry(tag.name), tag.te_weight, tag.unet_weight))
-        refiner_positive = request.refiner_prompt if request.refiner_prompt is not None else request.prompt
-        refiner_negative = (
-            request.refiner_negative_prompt
-            if request.refiner_negative_prompt is not None
-            else request.negative_prompt
-        )
-        return cls(
-            positive=parsed.text,
-            negative=strip_comments(request.negative_prompt),
-            refiner_positive=parse_prompt(refiner_positive).text,
-            refiner_negative=strip_comments(refiner_negative),
-            loras=loras,
-        )
-
-
 def _size(request: GenerationRequest) -> dict[str, int]:
     return {"width": request.width, "height": request.height}
-
-
-class _Progress:
-    """Counts denoising steps across batches and stages; raises GenerationCanceled when asked to stop."""
-
-    def __init__(
-        self, on_step: StepCallback | None, should_cancel: CancelCheck | None, *, total: int
-    ) -> None:
-        self.on_step = on_step
-        self.should_cancel = should_cancel
-        self.total = total
-        self.done = 0
-        self.previews: tuple[PreviewDecoder, PreviewCallback, int] | None = None
-
-    @property
-    def tensor_inputs(self) -> list[str]:
-        """What the pipeline hands the callback: the latents only when a preview is wanted."""
-        return ["latents"] if self.previews is not None else []
-
-    def callback(self, conditioning: Conditioning) -> Callable[..., dict[str, Any]]:
-        def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            self.done = min(self.total, self.done + 1)
-            if self.on_step is not None:
-                self.on_step(self.done, self.total)
-            if self.previews is not None and "latents" in tensors:
-                decode, on_preview, every = self.previews
-                # No preview of the last step: the finished image follows at once.
-                if self.done % every == 0 and self.done < self.total:
-                    on_preview(decode(tensors["latents"]), self.done, self.total)
-            if self.should_cancel is not None and self.should_cancel():
-                raise GenerationCanceled()
-            conditioning.step_done(step)
-            return {}
-
-        return on_step_end

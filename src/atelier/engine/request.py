@@ -9,6 +9,7 @@ from typing import Any
 from PIL import Image
 
 from atelier.engine.controlnet import DEFAULT_MAX_UNITS, ControlUnit
+from atelier.engine.hires import check_upscaler, hires_size
 from atelier.errors import AtelierError
 
 MAX_SIDE = 4096
@@ -52,6 +53,16 @@ class GenerationRequest:
     refiner_prompt: str | None = None
     refiner_negative_prompt: str | None = None
     refiner_switch_at: float = 0.8
+    # Hires fix (txt2img): a second, img2img pass at the upscaled size, with denoising_strength (engine/hires.py)
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = 0  # 0: as many as the first pass
+    hr_sampler: str | None = None  # None: the first pass's sampler
+    hr_prompt: str | None = None  # None: the prompt
+    hr_negative_prompt: str | None = None
     # ControlNet units (sd-webui-controlnet's fields), applied together
     controlnet_units: list[ControlUnit] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -103,6 +114,55 @@ class GenerationRequest:
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
             raise AtelierError("prompt and negative prompt must be text", field="prompt")
         self._validate_controlnet_units(max_controlnet_units)
+        if self.enable_hr:
+            self._validate_hires()
+
+    def _validate_hires(self) -> None:
+        if self.mode != "txt2img":
+            raise AtelierError(
+                "hires fix is for txt2img; img2img works at its own size already", field="enable_hr"
+            )
+        if self.refiner:
+            raise AtelierError(
+                "hires fix cannot be combined with a refiner yet; choose one", field="enable_hr"
+            )
+        if self.controlnet_units:
+            raise AtelierError(
+                "hires fix cannot be combined with ControlNet yet; choose one", field="enable_hr"
+            )
+        _float_range("hr_scale", self.hr_scale, 1.0, 4.0)
+        for name in ("hr_resize_x", "hr_resize_y"):
+            value = getattr(self, name)
+            _int_range(name, value, 0, MAX_SIDE)
+            if 0 < value < 64:
+                raise AtelierError(f"{name} must be 0 (use hr_scale) or at least 64, got {value}", field=name)
+        check_upscaler(self.hr_upscaler)
+        _int_range("hr_second_pass_steps", self.hr_second_pass_steps, 0, 500)
+        width, height = self.hires_size()
+        for name, value in (("width", width), ("height", height)):
+            if not 64 <= value <= MAX_SIDE:
+                raise AtelierError(
+                    f"hires fix would make the {name} {value}; it must be between 64 and {MAX_SIDE}",
+                    field="hr_scale",
+                )
+        if int(self.hires_steps() * self.denoising_strength) < 1:
+            raise AtelierError(
+                f"denoising_strength {self.denoising_strength} leaves the hires pass no step to run",
+                field="denoising_strength",
+            )
+
+    def hires_size(self) -> tuple[int, int]:
+        """The final size of a hires-fix generation (the first pass is width x height)."""
+        return hires_size(
+            self.width, self.height, scale=self.hr_scale, resize_x=self.hr_resize_x, resize_y=self.hr_resize_y
+        )
+
+    def hires_steps(self) -> int:
+        return self.hr_second_pass_steps or self.steps
+
+    def output_size(self) -> tuple[int, int]:
+        """The size of the images this request makes."""
+        return self.hires_size() if self.enable_hr else (self.width, self.height)
 
     def _validate_controlnet_units(self, max_units: int) -> None:
         if not isinstance(self.controlnet_units, list):

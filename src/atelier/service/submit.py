@@ -52,6 +52,15 @@ GENERATION_FIELDS = (
     "refiner_prompt",
     "refiner_negative_prompt",
     "refiner_switch_at",
+    "enable_hr",
+    "hr_scale",
+    "hr_resize_x",
+    "hr_resize_y",
+    "hr_upscaler",
+    "hr_second_pass_steps",
+    "hr_sampler",
+    "hr_prompt",
+    "hr_negative_prompt",
 )
 TRAIN_CONFIG_KEYS_OWNED_BY_STUDIO = (
     "base",
@@ -110,13 +119,21 @@ def prepare_generation(
     request.validate(max_controlnet_units=studio.config.max_controlnet_units)
     limits = studio.config
     check_pixels(request.width, request.height, limits.max_image_pixels, label="width", field="width")
-    if request.width * request.height * request.batch_size > limits.max_output_pixels:
+    out_width, out_height = request.output_size()
+    if request.enable_hr:
+        check_pixels(out_width, out_height, limits.max_image_pixels, label="hires size", field="hr_scale")
+    if out_width * out_height * request.batch_size > limits.max_output_pixels:
         raise AtelierError(
-            f"batch_size {request.batch_size} at {request.width}x{request.height} is over the limit of "
+            f"batch_size {request.batch_size} at {out_width}x{out_height} is over the limit of "
             f"{limits.max_output_pixels} pixels per batch",
             field="batch_size",
         )
     params["sampler"], params["schedule_type"] = resolve_sampler(request.sampler, request.schedule_type)
+    if request.enable_hr and request.hr_sampler:
+        try:
+            params["hr_sampler"] = resolve_sampler(request.hr_sampler, request.schedule_type)[0]
+        except AtelierError as problem:
+            raise AtelierError(str(problem).replace("sampler", "hr_sampler", 1), field="hr_sampler") from None
     if request.seed == -1:
         params["seed"] = random.randrange(MAX_SEED - request.batch_size * request.batch_count)
 

@@ -18,6 +18,7 @@ from atelier.service.submit import PreparedGeneration, prepare_generation
 
 # GenerationRequest's field names -> the A1111 request field that carries the same value.
 A1111_FIELDS = {
+    "hr_sampler": "hr_sampler_name",
     "sampler": "sampler_name",
     "schedule_type": "scheduler",
     "batch_count": "n_iter",
@@ -172,7 +173,15 @@ def _refuse_unsupported(body: ProcessingRequest) -> None:
     ]
     if isinstance(body, Txt2ImgRequest):
         unsupported.append(
-            ("enable_hr", body.enable_hr, "hires fix is not available; generate at the final size")
+            (
+                "hr_checkpoint_name",
+                bool(
+                    body.enable_hr
+                    and body.hr_checkpoint_name
+                    and body.hr_checkpoint_name != "Use same checkpoint"
+                ),
+                "a separate hires checkpoint is not available; the hires pass uses the request's model",
+            )
         )
     for field, requested, reason in unsupported:
         if requested:
@@ -190,14 +199,42 @@ def _generation_values(body: ProcessingRequest, options: dict[str, Any]) -> dict
         "steps": body.steps,
         "cfg_scale": body.cfg_scale,
         "seed": body.seed,
-        "width": body.width,
-        "height": body.height,
+        # A1111 makes latents of width // 8 x height // 8: other sizes are rounded down, not refused.
+        "width": _round_to_8(body.width),
+        "height": _round_to_8(body.height),
         "batch_size": body.batch_size,
         "batch_count": body.n_iter,
         "clip_skip": clip_skip,
     }
     if body.refiner_switch_at is not None:
         values["refiner_switch_at"] = body.refiner_switch_at
+    return values
+
+
+def _round_to_8(value: int) -> int:
+    return value // 8 * 8 if value >= 8 else value
+
+
+def _hires_values(body: Txt2ImgRequest) -> dict[str, Any]:
+    """A1111's hires-fix fields in Atelier's names (engine/hires.py)."""
+    if not body.enable_hr:
+        return {}
+    values: dict[str, Any] = {
+        "enable_hr": True,
+        "hr_scale": body.hr_scale,
+        "hr_resize_x": body.hr_resize_x,
+        "hr_resize_y": body.hr_resize_y,
+        "hr_upscaler": body.hr_upscaler or "Latent",
+        "hr_second_pass_steps": body.hr_second_pass_steps,
+        # A1111's UI default for the hires pass; the API leaves it unset.
+        "denoising_strength": 0.7 if body.denoising_strength is None else body.denoising_strength,
+    }
+    if body.hr_sampler_name and body.hr_sampler_name != "Use same sampler":
+        values["hr_sampler"] = body.hr_sampler_name
+    if body.hr_prompt:
+        values["hr_prompt"] = body.hr_prompt
+    if body.hr_negative_prompt:
+        values["hr_negative_prompt"] = body.hr_negative_prompt
     return values
 
 
@@ -245,7 +282,7 @@ def _model_name(body: ProcessingRequest) -> str | None:
 
 def prepare_txt2img(studio: Studio, body: Txt2ImgRequest) -> PreparedGeneration:
     _refuse_unsupported(body)
-    values = _generation_values(body, studio_options(studio))
+    values = {**_generation_values(body, studio_options(studio)), **_hires_values(body)}
     return prepare_generation(
         studio,
         values,

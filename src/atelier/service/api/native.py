@@ -93,6 +93,20 @@ class GenerateBody(BaseModel):
     refiner_prompt: str | None = None
     refiner_negative_prompt: str | None = None
     refiner_switch_at: float | None = None
+    enable_hr: bool | None = Field(
+        default=None, description="hires fix: generate at width x height, upscale, denoise again (txt2img)"
+    )
+    hr_scale: float | None = Field(default=None, description="hires fix: upscale factor, 1-4 (default 2)")
+    hr_resize_x: int | None = Field(default=None, description="hires fix: final width instead of hr_scale")
+    hr_resize_y: int | None = Field(default=None, description="hires fix: final height instead of hr_scale")
+    hr_upscaler: str | None = Field(
+        default=None,
+        description="Latent (default), Latent (antialiased/bicubic/nearest...), Lanczos, Nearest",
+    )
+    hr_second_pass_steps: int | None = Field(default=None, description="0: as many as steps")
+    hr_sampler: str | None = None
+    hr_prompt: str | None = None
+    hr_negative_prompt: str | None = None
     controlnet_units: list[dict[str, Any]] | None = Field(
         default=None,
         description="ControlNet units: image (base64) or image_key, module, model, weight, guidance_start, "

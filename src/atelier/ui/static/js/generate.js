@@ -45,6 +45,11 @@ const field = {
   refinerSwitch: $("#g-refiner-switch"),
   refinerPrompt: $("#g-refiner-prompt"),
   refinerNegative: $("#g-refiner-negative"),
+  hires: $("#h-enable"),
+  hiresUpscaler: $("#h-upscaler"),
+  hiresScale: $("#h-scale"),
+  hiresSteps: $("#h-steps"),
+  hiresDenoise: $("#h-denoise"),
 };
 
 let mode = "txt2img";
@@ -355,6 +360,13 @@ async function buildRequest() {
     body.inpaint_padding = number(field.padding, "inpaint_padding");
     body.mask_invert = field.invert.checked;
   }
+  if (mode === "txt2img" && field.hires.checked) {
+    body.enable_hr = true;
+    body.hr_upscaler = field.hiresUpscaler.value;
+    body.hr_scale = number(field.hiresScale, "hr_scale", { integer: false });
+    body.hr_second_pass_steps = number(field.hiresSteps, "hr_second_pass_steps");
+    body.denoising_strength = number(field.hiresDenoise, "hr_denoising_strength", { integer: false });
+  }
   if (!$("#refiner-card").hidden && field.refiner.value) {
     body.refiner = field.refiner.value;
     body.refiner_switch_at = number(field.refinerSwitch, "refiner_switch_at", { integer: false });
@@ -368,6 +380,8 @@ async function buildRequest() {
 
 function errorAliases() {
   const aliases = { lora: "prompt", body: null, ...controlNetErrorAliases() };
+  // In txt2img the denoising strength is the hires pass's, in its own card.
+  if (mode === "txt2img") aliases.denoising_strength = "hr_denoising_strength";
   if (mode === "inpaint") {
     aliases.init_image = "inpaint_image";
     if (maskSource() === "upload") aliases.mask = "mask_upload";
@@ -628,6 +642,14 @@ export function setMode(next) {
   if (source) sizeFromImage(source.width, source.height);
 }
 
+/** The final size of a hires-fix generation, as the engine computes it (rounded down to multiples of 8). */
+function showHiresSize() {
+  const scale = Number(field.hiresScale.value);
+  const width = Math.floor((Number(field.width.value) * scale) / 8) * 8;
+  const height = Math.floor((Number(field.height.value) * scale) / 8) * 8;
+  $("#h-size").textContent = Number.isFinite(width) && Number.isFinite(height) ? `Final size: ${width}×${height}` : "";
+}
+
 export function isGenerateMode(name) {
   return name === "txt2img" || name === "img2img" || name === "inpaint";
 }
@@ -641,6 +663,8 @@ export function initGenerate({ selectTab, afterJob }) {
   pairSlider($("#g-cfg-range"), field.cfg);
   pairSlider($("#g-denoise-range"), field.denoise);
   field.model.addEventListener("change", modelChanged);
+  for (const input of [field.hiresScale, field.width, field.height]) input.addEventListener("input", showHiresSize);
+  showHiresSize();
   field.sampler.addEventListener("change", renderScheduleTypes);
   field.width.addEventListener("input", matchPreset);
   field.height.addEventListener("input", matchPreset);
