@@ -140,6 +140,32 @@ def test_models_and_options(api, http):
     assert refused.json()["field"] == "sd_model_checkpoint"
 
 
+def test_options_have_a1111s_keys_and_the_preview_ones_change_behaviour(served, api, http):
+    options = api.get_options()
+    for key in (
+        "send_seed",
+        "send_size",
+        "samples_format",
+        "CLIP_stop_at_last_layers",
+        "live_previews_enable",
+    ):
+        assert key in options, key
+    store = served[0].studio.store
+
+    def preview_step(every: int):
+        api.set_options({"show_progress_every_n_steps": every})
+        result = api.txt2img(prompt="a bottle", seed=2, steps=6, width=64, height=64)
+        return store.get(result.info["job_id"]).progress_info.get("preview_step")
+
+    try:
+        assert preview_step(2) == 4  # previews at steps 2 and 4 (none at the last: the image follows)
+        assert preview_step(0) is None
+    finally:
+        api.set_options({"show_progress_every_n_steps": 5})
+    refused = http.post("/sdapi/v1/options", json={"samples_format": "jpg"})
+    assert refused.status_code == 422 and refused.json()["field"] == "samples_format"
+
+
 def test_samplers_schedulers_and_progress(api):
     samplers = [sampler["name"] for sampler in api.get_samplers()]
     assert "Euler a" in samplers and "DPM++ 2M" in samplers
@@ -250,6 +276,49 @@ def test_hires_fix_and_sizes_that_are_not_multiples_of_8(api):
     # A1111 rounds a size down to a multiple of 8 rather than refusing it.
     odd = api.txt2img(prompt="a bag", seed=1, steps=2, width=100, height=70)
     assert odd.image.size == (96, 64)
+
+
+def test_extras_upscale_like_a1111(api, http):
+    photo = Image.new("RGB", (40, 30), "navy")
+    photo.paste((250, 200, 0), (10, 10, 30, 20))
+    doubled = api.extra_single_image(photo, upscaler_1=webuiapi.Upscaler.Lanczos, upscaling_resize=2)
+    assert doubled.image.size == (80, 60)
+    assert doubled.image.getpixel((40, 30))[:3] == (250, 200, 0)
+    # To a size, cropped to its aspect ratio after covering it.
+    banner = api.extra_single_image(
+        photo, resize_mode=1, upscaling_resize_w=100, upscaling_resize_h=40, upscaler_1="Nearest"
+    )
+    assert banner.image.size == (100, 40)
+    batch = api.extra_batch_images(
+        [photo, photo.rotate(90, expand=True)], upscaler_1="Lanczos", upscaling_resize=1.5
+    )
+    assert [image.size for image in batch.images] == [(60, 45), (45, 60)]
+    refused = http.post(
+        "/sdapi/v1/extra-single-image",
+        json={"image": "data:image/png;base64," + _b64(photo), "upscaler_1": "R-ESRGAN 4x+"},
+    )
+    assert refused.status_code == 422 and refused.json()["field"] == "upscaler_1"
+    faces = http.post("/sdapi/v1/extra-single-image", json={"image": _b64(photo), "gfpgan_visibility": 1})
+    assert faces.status_code == 422 and faces.json()["field"] == "gfpgan_visibility"
+
+
+def test_listings_answer_what_the_studio_has(api, http):
+    assert [item["name"] for item in api.get_upscalers()] == ["None", "Lanczos", "Nearest"]
+    assert [item["name"] for item in api.get_latent_upscale_modes()][:2] == ["Latent", "Latent (antialiased)"]
+    assert api.get_realesrgan_models() == [] and api.get_face_restorers() == []
+    assert api.get_hypernetworks() == [] and api.get_sd_vae() == []
+    assert api.get_embeddings() == {"loaded": {}, "skipped": {}}
+    memory = api.get_memory()
+    assert 0 < memory["ram"]["used"] <= memory["ram"]["total"]
+    assert http.get("/internal/ping").json() == {}
+    for route in ("sd-modules", "extensions", "script-info"):
+        assert http.get(f"/sdapi/v1/{route}").json() == []
+
+
+def _b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def test_a_batch_tool_can_ask_for_a_lower_priority(served, http):

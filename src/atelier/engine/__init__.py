@@ -51,6 +51,10 @@ _EXPORTS = {
     # generation
     "Engine": "generate",
     "LinearPreview": "previews",
+    "BUILTIN_UPSCALERS": "upscalers",
+    "check_upscaler_name": "upscalers",
+    "upscale": "upscalers",
+    "LATENT_UPSCALE_MODES": "hires",
     "PreviewDecoders": "previews",
     "TaesdPreview": "previews",
     "GeneratedImage": "generate",
@@ -109,6 +113,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     )
     from atelier.engine.convert import save_single_file, unet_key
     from atelier.engine.generate import Engine, GeneratedImage
+    from atelier.engine.hires import LATENT_UPSCALE_MODES
     from atelier.engine.infotext import format_infotext, parse_infotext, read_infotext, write_png
     from atelier.engine.library import DEMO_MODEL_NAME, ModelLibrary
     from atelier.engine.loras import DIFFUSERS_LORA_FILE, LoraLibrary, inspect_lora, lora_sha256
@@ -145,4 +150,5 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     )
     from atelier.engine.tiny import create_tiny_model
     from atelier.engine.tokenizer import CLIP_L_REPO, cached_tokenizer_folder, clip_backend, clip_tokenizer
+    from atelier.engine.upscalers import BUILTIN_UPSCALERS, check_upscaler_name, upscale
     from atelier.engine.versions import check_libraries

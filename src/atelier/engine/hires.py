@@ -9,7 +9,7 @@ Upscalers, by A1111's names:
 
 - ``Latent`` and its variants resize the first pass's latents (no decode and re-encode; needs a strength of
   about 0.5 or more, as in A1111, or the result stays soft);
-- ``Lanczos`` and ``Nearest`` resize the decoded picture, which the second pass encodes again.
+- ``Lanczos``, ``Nearest`` and ``None`` resize the decoded picture, which the second pass encodes again.
 
 The final size is ``hr_resize_x`` x ``hr_resize_y`` when given (one of them alone keeps the aspect ratio), else the
 first pass's size times ``hr_scale``; either way rounded down to a multiple of 8, as the latents need.
@@ -21,6 +21,7 @@ from typing import Any
 
 from PIL import Image
 
+from atelier.engine.upscalers import BUILTIN_UPSCALERS
 from atelier.errors import AtelierError
 
 # A1111's latent upscale modes (shared.latent_upscale_modes): torch interpolation mode and antialiasing.
@@ -32,10 +33,8 @@ LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
     "Latent (nearest)": ("nearest", False),
     "Latent (nearest-exact)": ("nearest-exact", False),
 }
-IMAGE_UPSCALERS: dict[str, Image.Resampling] = {
-    "Lanczos": Image.Resampling.LANCZOS,
-    "Nearest": Image.Resampling.NEAREST,
-}
+# The picture upscalers of engine/upscalers.py ("None": a plain Lanczos resize, as in A1111).
+IMAGE_UPSCALERS = BUILTIN_UPSCALERS
 HIRES_UPSCALERS = (*LATENT_UPSCALE_MODES, *IMAGE_UPSCALERS)
 
 

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from atelier import __version__
 from atelier.service.api.a1111 import build_a1111_router
+from atelier.service.api.a1111_extras import build_a1111_extras_router, build_internal_router
 from atelier.service.api.campaign import build_campaign_router
 from atelier.service.api.common import (
     DOCS_ASSETS,
@@ -81,6 +82,8 @@ def create_app(
     limit = studio.config.max_request_bytes
     app.include_router(build_native_router(studio.config), max_body_size=limit, responses=ERROR_RESPONSES)
     app.include_router(build_a1111_router(), max_body_size=limit, responses=ERROR_RESPONSES)
+    app.include_router(build_a1111_extras_router(), max_body_size=limit, responses=ERROR_RESPONSES)
+    app.include_router(build_internal_router(), responses=ERROR_RESPONSES)
     app.include_router(build_controlnet_router(), max_body_size=limit, responses=ERROR_RESPONSES)
     app.include_router(build_campaign_router(), max_body_size=limit, responses=ERROR_RESPONSES)
 

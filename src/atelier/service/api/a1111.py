@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from atelier import __version__
 from atelier.errors import AtelierError, JobFailedError, JobTimeoutError, NotFoundError
 from atelier.service.api.a1111_requests import (
+    FIXED_OPTIONS,
     A1111Response,
     Img2ImgRequest,
     PngInfoRequest,
@@ -250,6 +251,7 @@ def build_a1111_router() -> APIRouter:
                 raise AtelierError(
                     "CLIP_stop_at_last_layers must be 1 to 12", field="CLIP_stop_at_last_layers"
                 )
+        _check_acted_on_options(updates)
         for key, value in updates.items():
             if len(json.dumps(value, default=str)) > 10_000:
                 raise AtelierError(f"option {key} is too large", field=key)
@@ -348,6 +350,25 @@ def build_a1111_router() -> APIRouter:
         return {"api": True, "listen": not is_loopback_host(config.host), "port": config.port}
 
     return router
+
+
+def _check_acted_on_options(updates: dict[str, Any]) -> None:
+    """Options Atelier acts on get their type checked; ones it supports one value of refuse the others."""
+    for key, allowed in FIXED_OPTIONS.items():
+        if key in updates and updates[key] not in allowed:
+            raise AtelierError(
+                f"{key}: Atelier supports {' or '.join(map(repr, allowed))} only, got {updates[key]!r}",
+                field=key,
+            )
+    if "live_previews_enable" in updates and not isinstance(updates["live_previews_enable"], bool):
+        raise AtelierError("live_previews_enable must be true or false", field="live_previews_enable")
+    if "show_progress_every_n_steps" in updates:
+        value = updates["show_progress_every_n_steps"]
+        if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value <= 1000:
+            raise AtelierError(
+                "show_progress_every_n_steps must be a whole number from -1 to 1000",
+                field="show_progress_every_n_steps",
+            )
 
 
 def _wake_watcher(request: Request) -> None:

@@ -32,12 +32,41 @@ A1111_FIELDS = {
     "lora": "prompt",
 }
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
+# A1111's options as a stock install reports them, with its defaults. Honoured (setting them changes what
+# Atelier does): sd_model_checkpoint, CLIP_stop_at_last_layers, live_previews_enable,
+# show_progress_every_n_steps. Fixed (only this value is accepted): samples_format, sd_vae. Stored and ignored
+# (they steer A1111's own UI or features Atelier does not have): the rest. docs/a1111.md lists them.
 DEFAULT_OPTIONS: dict[str, Any] = {
     "samples_format": "png",
     "CLIP_stop_at_last_layers": 1,
     "sd_vae": "Automatic",
     "sd_lora": "None",
+    "live_previews_enable": True,
+    "show_progress_every_n_steps": 10,
+    "send_seed": True,
+    "send_size": True,
+    "save_images_add_number": True,
+    "grid_save": True,
+    "enable_pnginfo": True,
+    "eta_noise_seed_delta": 0,
+    "img2img_fix_steps": False,
+    "enable_emphasis": True,
+    "use_old_emphasis_implementation": False,
+    "comma_padding_backtrack": 20,
+    "upscaler_for_img2img": None,
+    "face_restoration": False,
+    "face_restoration_model": "CodeFormer",
+    "sd_checkpoint_cache": 0,
+    "sd_vae_checkpoint_cache": 0,
+    "hires_fix_use_firstpass_conditioning": False,
+    "interrogate_keep_models_in_memory": False,
+    "outdir_samples": "",
+    "outdir_txt2img_samples": "outputs/txt2img-images",
+    "outdir_img2img_samples": "outputs/img2img-images",
+    "outdir_extras_samples": "outputs/extras-images",
 }
+# Options whose value Atelier checks because it acts on them (or accepts only one value of).
+FIXED_OPTIONS = {"samples_format": ("png",), "sd_vae": ("Automatic", "None")}
 
 
 def studio_options(studio: Studio) -> dict[str, Any]:

@@ -43,7 +43,15 @@ ASGIApp = Callable[
 # that the docs work offline) and the health probes.
 DOCS_ASSETS = "/docs-assets"
 PUBLIC_PATHS = frozenset(
-    {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/api/health", "/api/health/ready"}
+    {
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        "/openapi.json",
+        "/api/health",
+        "/api/health/ready",
+        "/internal/ping",
+    }
 )
 
 

@@ -45,6 +45,17 @@ def png_bytes(image: Any, infotext: str) -> bytes:
     return buffer.getvalue()
 
 
+def preview_interval(worker: WorkerContext) -> int:
+    """Steps between live previews: A1111's options when an admin set them, else the studio's setting."""
+    options = worker.studio.settings.all()
+    if options.get("live_previews_enable") is False:
+        return 0
+    every = options.get("show_progress_every_n_steps")
+    if isinstance(every, int) and not isinstance(every, bool):
+        return max(0, every)  # A1111's -1 (only at the end) and 0: no previews while sampling
+    return worker.config.preview_every_steps
+
+
 def preview_data_url(picture: Any) -> str:
     """A live preview as a small JPEG data URL: a few kB in the job's progress, shown as it forms."""
     import base64
@@ -90,6 +101,7 @@ def run_generate(worker: WorkerContext, job: Job, lease: JobLease) -> GenerateRe
         controlnet_units=controlnet_units,
         **images,
     )
+    preview_every = preview_interval(worker)
     started = time.monotonic()
     steps = {"done": 0}
 
@@ -106,8 +118,8 @@ def run_generate(worker: WorkerContext, job: Job, lease: JobLease) -> GenerateRe
             request,
             on_step=on_step,
             should_cancel=lease.should_stop,
-            on_preview=on_preview if worker.config.preview_every_steps else None,
-            preview_every=worker.config.preview_every_steps,
+            on_preview=on_preview if preview_every else None,
+            preview_every=preview_every,
         )
     except GenerationCanceled:
         raise JobInterrupted() from None
