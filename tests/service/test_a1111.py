@@ -321,6 +321,36 @@ def _b64(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def test_saved_styles_are_imported_from_styles_csv_and_applied(api, http):
+    styles_csv = (
+        "name,prompt,negative_prompt\n"
+        '"Studio shot","{prompt}, product photo, softbox lighting","blurry"\n'
+        "Film,35mm film grain,\n"
+    )
+    assert http.put("/api/styles", json={"csv": styles_csv}).status_code == 200
+    assert [style["name"] for style in api.get_prompt_styles()] == ["Studio shot", "Film"]
+    result = api.txt2img(
+        prompt="a yellow parka",
+        negative_prompt="low quality",
+        styles=["Studio shot", "Film"],
+        seed=4,
+        **SMALL,
+    )
+    infotext = result.info["infotexts"][0]
+    assert infotext.startswith("a yellow parka, product photo, softbox lighting, 35mm film grain\n")
+    assert "Negative prompt: low quality, blurry" in infotext
+    unknown = http.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "x", "styles": ["Studio shots"]})
+    assert unknown.status_code == 404 and unknown.json()["field"] == "styles"
+    assert "did you mean 'Studio shot'" in unknown.json()["detail"]
+    saved = http.post("/api/styles", json={"name": "Noir", "prompt": "black and white"})
+    assert saved.status_code == 201
+    assert http.delete("/api/styles/Film").status_code == 204
+    listed = http.get("/api/styles").json()
+    assert [style["name"] for style in listed["styles"]] == ["Studio shot", "Noir"]
+    assert listed["csv"].startswith("name,prompt,negative_prompt\n")
+    assert "prompt_styles" not in api.get_options()  # styles are not an option
+
+
 def test_a_batch_tool_can_ask_for_a_lower_priority(served, http):
     server = served[0]
     answer = http.post(

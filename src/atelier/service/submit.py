@@ -100,8 +100,12 @@ def prepare_generation(
     init_image: Image.Image | None = None,
     mask: Image.Image | None = None,
     controlnet_units: list[Any] | None = None,
+    styles: list[str] | None = None,
 ) -> PreparedGeneration:
     """Check a generation request against the engine's rules, the registry and the studio's limits.
+
+    ``styles`` names saved prompt styles, applied to the prompt and negative prompt first (A1111's ``styles``);
+    an unknown one is refused rather than skipped, so a typo never silently changes the picture.
 
     Raises :class:`AtelierError` (or :class:`~atelier.errors.NotFoundError`) naming the offending field. The
     seed is fixed here (-1 becomes a random seed) so that the job's outputs are the same if it runs again.
@@ -113,6 +117,15 @@ def prepare_generation(
     if unknown:
         raise AtelierError(f"unknown field {unknown[0]!r}", field=unknown[0])
     params = dict(values)
+    if styles:
+        from atelier.prompts.styles import apply_styles
+        from atelier.service.styles import StyleLibrary
+
+        params["prompt"], params["negative_prompt"] = apply_styles(
+            params.get("prompt", ""),
+            params.get("negative_prompt", ""),
+            StyleLibrary(studio.settings).find(styles),
+        )
     request = GenerationRequest(
         **params, model=model, init_image=init_image, mask=mask, controlnet_units=list(controlnet_units or [])
     )

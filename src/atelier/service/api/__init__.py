@@ -24,6 +24,7 @@ from atelier.service.api.common import (
 )
 from atelier.service.api.controlnet import build_controlnet_router
 from atelier.service.api.native import build_native_router
+from atelier.service.api.styles import build_styles_router
 from atelier.service.metrics import StudioMetrics
 from atelier.service.security import AccessPolicy
 from atelier.service.studio import Studio
@@ -84,6 +85,7 @@ def create_app(
     app.include_router(build_a1111_router(), max_body_size=limit, responses=ERROR_RESPONSES)
     app.include_router(build_a1111_extras_router(), max_body_size=limit, responses=ERROR_RESPONSES)
     app.include_router(build_internal_router(), responses=ERROR_RESPONSES)
+    app.include_router(build_styles_router(), max_body_size=limit, responses=ERROR_RESPONSES)
     app.include_router(build_controlnet_router(), max_body_size=limit, responses=ERROR_RESPONSES)
     app.include_router(build_campaign_router(), max_body_size=limit, responses=ERROR_RESPONSES)
 

@@ -70,7 +70,11 @@ FIXED_OPTIONS = {"samples_format": ("png",), "sd_vae": ("Automatic", "None")}
 
 
 def studio_options(studio: Studio) -> dict[str, Any]:
-    return {**DEFAULT_OPTIONS, **studio.settings.all()}
+    from atelier.service.styles import STYLES_KEY
+
+    # Saved styles share the settings table but are not an option: /prompt-styles lists them.
+    stored = {key: value for key, value in studio.settings.all().items() if key != STYLES_KEY}
+    return {**DEFAULT_OPTIONS, **stored}
 
 
 def current_model(studio: Studio) -> ModelRecord:
@@ -188,7 +192,6 @@ def _refuse_unsupported(body: ProcessingRequest) -> None:
             "seed resize is not available",
         ),
         ("script_name", bool(body.script_name), "scripts are not available"),
-        ("styles", bool(body.styles), "saved styles are not available; put the style text in the prompt"),
         (
             "alwayson_scripts",
             any(
@@ -318,6 +321,7 @@ def prepare_txt2img(studio: Studio, body: Txt2ImgRequest) -> PreparedGeneration:
         model=_model_name(body) or current_model(studio).name,
         refiner=body.refiner_checkpoint or None,
         controlnet_units=_controlnet_units(studio, body),
+        styles=body.styles or None,
     )
 
 
@@ -370,6 +374,7 @@ def prepare_img2img(studio: Studio, body: Img2ImgRequest) -> PreparedGeneration:
         init_image=init_image,
         mask=mask,
         controlnet_units=_controlnet_units(studio, body),
+        styles=body.styles or None,
     )
 
 

@@ -107,6 +107,9 @@ class GenerateBody(BaseModel):
     hr_sampler: str | None = None
     hr_prompt: str | None = None
     hr_negative_prompt: str | None = None
+    styles: list[str] | None = Field(
+        default=None, description="saved prompt styles to apply, in order (GET /api/styles lists them)"
+    )
     controlnet_units: list[dict[str, Any]] | None = Field(
         default=None,
         description="ControlNet units: image (base64) or image_key, module, model, weight, guidance_start, "
@@ -245,7 +248,16 @@ def build_native_router(config: StudioConfig) -> APIRouter:
         mask = decode_image(body.mask, field="mask", max_pixels=limit) if body.mask else None
         values = body.model_dump(
             exclude_none=True,
-            exclude={"model", "refiner", "init_image", "mask", "priority", "webhook_url", "controlnet_units"},
+            exclude={
+                "model",
+                "refiner",
+                "init_image",
+                "mask",
+                "priority",
+                "webhook_url",
+                "controlnet_units",
+                "styles",
+            },
         )
         if "inpainting_fill" in values:
             values["inpainting_fill"] = _inpainting_fill(values["inpainting_fill"])
@@ -258,6 +270,7 @@ def build_native_router(config: StudioConfig) -> APIRouter:
             init_image=init_image,
             mask=mask,
             controlnet_units=controlnet_units,
+            styles=body.styles,
         )
         job = submit_generation(
             studio,
