@@ -97,6 +97,26 @@ def test_hires_fix_from_the_txt2img_tab(open_page, studio):
     assert "Hires upscale: 1.5" in infotext and "Hires upscaler: Lanczos" in infotext
 
 
+def test_a_prompt_saved_as_a_style_is_applied_to_the_next_generation(open_page, studio):
+    page = open_page("txt2img")
+    page.click("#styles-section summary")
+    page.fill("#g-prompt", "{prompt}, product photo, softbox lighting")
+    page.fill("#g-negative", "blurry")
+    page.fill("#g-style-name", "Studio shot")
+    page.click("#g-style-save")
+    box = page.wait_for_selector("#g-styles input[value='Studio shot']")
+    box.check()
+    assert "1 on" in page.inner_text("#g-styles-count")
+    page.fill("#g-prompt", "a yellow parka")
+    page.fill("#g-negative", "")
+    fill(page, SMALL)
+    page.click("#g-submit")
+    page.wait_for_selector("#gallery .tile img[src^='blob:']")
+    infotext = studio.latest_job()["result"]["images"][0]["infotext"]
+    assert infotext.startswith("a yellow parka, product photo, softbox lighting\nNegative prompt: blurry")
+    studio.client.put("/api/styles", json={"styles": []})  # other tests start without styles
+
+
 def test_an_api_error_shows_next_to_the_field_that_caused_it(open_page, studio):
     page = open_page("txt2img")
     jobs_before = len(studio.client.get("/api/jobs", params={"limit": 1000}).json()["jobs"])

@@ -7,6 +7,7 @@ export const catalog = Object.assign(new EventTarget(), {
   checkpoints: [],
   loras: [],
   samplers: [],
+  styles: [],
   currentModel: null,
 });
 
@@ -32,6 +33,11 @@ export async function refreshSamplers() {
   catalog.dispatchEvent(new Event("change"));
 }
 
+export async function refreshStyles() {
+  catalog.styles = (await api.get("/api/styles")).styles;
+  catalog.dispatchEvent(new Event("change"));
+}
+
 export async function refreshCatalog() {
-  await Promise.all([refreshModels(), refreshSamplers()]);
+  await Promise.all([refreshModels(), refreshSamplers(), refreshStyles()]);
 }

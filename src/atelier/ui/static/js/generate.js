@@ -1,7 +1,7 @@
 // The txt2img, img2img and Inpaint tabs: one form (POST /api/generate), live progress, and the results.
 
 import { ApiError, api, dataUrl, fileObjectUrl, fileUrl, followJob } from "./api.js";
-import { catalog, findCheckpoint, isSdxl } from "./catalog.js";
+import { catalog, findCheckpoint, isSdxl, refreshStyles } from "./catalog.js";
 import { controlNetErrorAliases, controlNetUnits, initControlNet } from "./controlnet.js";
 import { $, $$, describeJob, h, pairSlider, progressBar, setProgress, shortId, toast } from "./dom.js";
 import { clearErrors, showError, showFieldError } from "./fields.js";
@@ -360,6 +360,8 @@ async function buildRequest() {
     body.inpaint_padding = number(field.padding, "inpaint_padding");
     body.mask_invert = field.invert.checked;
   }
+  const styles = [...$$("#g-styles input:checked")].map((box) => box.value);
+  if (styles.length) body.styles = styles;
   if (mode === "txt2img" && field.hires.checked) {
     body.enable_hr = true;
     body.hr_upscaler = field.hiresUpscaler.value;
@@ -642,6 +644,50 @@ export function setMode(next) {
   if (source) sizeFromImage(source.width, source.height);
 }
 
+// -- styles ----------------------------------------------------------------------------------------------------
+
+/** Saved styles as checkboxes; the checked ones are applied, in list order, when generating. */
+function renderStyles() {
+  const list = $("#g-styles");
+  const checked = new Set([...$$("#g-styles input:checked")].map((box) => box.value));
+  list.replaceChildren(
+    h("legend", { class: "visually-hidden" }, "Styles to apply"),
+    ...(catalog.styles.length
+      ? catalog.styles.map((style) =>
+          h(
+            "label",
+            { class: "check", title: [style.prompt, style.negative_prompt && `Negative: ${style.negative_prompt}`].filter(Boolean).join("\n") },
+            h("input", { type: "checkbox", value: style.name, checked: checked.has(style.name), onchange: countStyles }),
+            ` ${style.name}`,
+          ),
+        )
+      : [h("p", { class: "hint" }, "No saved styles yet: write a prompt below and save it as a style.")]),
+  );
+  countStyles();
+}
+
+function countStyles() {
+  const count = $$("#g-styles input:checked").length;
+  $("#g-styles-count").textContent = count ? `· ${count} on` : "";
+}
+
+async function saveStyle() {
+  clearErrors(form);
+  const name = $("#g-style-name").value.trim();
+  if (!name) {
+    showFieldError(form, "name", "Give the style a name.");
+    return;
+  }
+  try {
+    await api.post("/api/styles", { name, prompt: field.prompt.value, negative_prompt: field.negative.value });
+    $("#g-style-name").value = "";
+    toast(`Style “${name}” saved.`);
+    await refreshStyles();
+  } catch (error) {
+    showError(form, error);
+  }
+}
+
 /** The final size of a hires-fix generation, as the engine computes it (rounded down to multiples of 8). */
 function showHiresSize() {
   const scale = Number(field.hiresScale.value);
@@ -663,6 +709,8 @@ export function initGenerate({ selectTab, afterJob }) {
   pairSlider($("#g-cfg-range"), field.cfg);
   pairSlider($("#g-denoise-range"), field.denoise);
   field.model.addEventListener("change", modelChanged);
+  catalog.addEventListener("change", renderStyles);
+  $("#g-style-save").addEventListener("click", saveStyle);
   for (const input of [field.hiresScale, field.width, field.height]) input.addEventListener("input", showHiresSize);
   showHiresSize();
   field.sampler.addEventListener("change", renderScheduleTypes);
