@@ -257,7 +257,7 @@ def test_bad_txt2img_input_names_the_a1111_field(http, body, field):
     assert response.json()["field"] == field
 
 
-def test_hires_fix_and_sizes_that_are_not_multiples_of_8(api):
+def test_hires_fix_and_sizes_that_are_not_multiples_of_8(api, http):
     result = api.txt2img(
         prompt="a yellow parka",
         seed=3,
@@ -265,6 +265,7 @@ def test_hires_fix_and_sizes_that_are_not_multiples_of_8(api):
         hr_scale=2,
         hr_upscaler=webuiapi.HiResUpscaler.Latent,
         denoising_strength=0.6,
+        override_settings={"sd_model_checkpoint": "tiny-sd15"},
         **SMALL,
     )
     assert result.image.size == (128, 128)
@@ -273,6 +274,18 @@ def test_hires_fix_and_sizes_that_are_not_multiples_of_8(api):
     assert "Denoising strength: 0.6" in infotext and "Hires upscale: 2" in infotext
     # PNG info reads the hires fields back.
     assert api.png_info(result.image).info == infotext
+    on_inpainting_model = http.post(
+        "/sdapi/v1/txt2img",
+        json={
+            **SMALL,
+            "prompt": "x",
+            "enable_hr": True,
+            "override_settings": {"sd_model_checkpoint": "tiny-inpaint"},
+        },
+    )
+    assert on_inpainting_model.status_code == 422 and on_inpainting_model.json()["field"] == "enable_hr"
+    tiled = api.txt2img(prompt="a fabric pattern", seed=5, tiling=True, **SMALL)
+    assert "Tiling: True" in tiled.info["infotexts"][0]
     # A1111 rounds a size down to a multiple of 8 rather than refusing it.
     odd = api.txt2img(prompt="a bag", seed=1, steps=2, width=100, height=70)
     assert odd.image.size == (96, 64)

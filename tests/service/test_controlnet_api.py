@@ -71,6 +71,16 @@ def test_model_and_module_lists_answer_like_the_extension(api, http):
     assert names == modules
 
 
+def test_control_types_and_settings_answer_like_the_extension(api, http):
+    types = http.get("/controlnet/control_types").json()["control_types"]
+    assert set(types) >= {"All", "Canny", "Depth", "Lineart", "SoftEdge"}
+    assert types["Canny"]["default_option"] == "canny" and "canny" in types["Canny"]["module_list"]
+    assert types["All"]["model_list"] == ["None", *api.controlnet_model_list()]
+    # Models are grouped by the type their name says, as the extension does: these tiny ones say none.
+    assert types["Canny"]["model_list"] == ["None"] and types["Canny"]["default_model"] == "None"
+    assert http.get("/controlnet/settings").json() == {"control_net_unit_count": 3}
+
+
 def test_webuiapi_controlnet_unit_round_trip(api):
     def generate(control: Image.Image, weight: float = 1.0) -> webuiapi.WebUIApiResult:
         unit = webuiapi.ControlNetUnit(

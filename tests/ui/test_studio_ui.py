@@ -90,11 +90,13 @@ def test_hires_fix_from_the_txt2img_tab(open_page, studio):
     assert "denoising_strength" in error.inner_text()
     page.fill("#h-denoise", "0.6")
     page.select_option("#h-upscaler", "Lanczos")
+    page.check("#g-tiling")
     page.click("#g-submit")
     tile = page.wait_for_selector("#gallery .tile img[src^='blob:']")
     assert page.evaluate("img => img.complete && img.naturalWidth", tile) == 96
     infotext = studio.latest_job()["result"]["images"][0]["infotext"]
     assert "Hires upscale: 1.5" in infotext and "Hires upscaler: Lanczos" in infotext
+    assert "Tiling: True" in infotext
 
 
 def test_a_prompt_saved_as_a_style_is_applied_to_the_next_generation(open_page, studio):

@@ -8,6 +8,7 @@ A diffusers user with the same settings gets the same picture.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ from atelier.engine.progress import (
 from atelier.engine.request import GenerationRequest
 from atelier.engine.request_prompts import RequestPrompts
 from atelier.engine.samplers import make_scheduler, resolve_sampler
+from atelier.engine.tiling import seamless
 from atelier.errors import AtelierError, NotFoundError
 
 
@@ -172,9 +174,11 @@ class Engine:
             )
         run = _Run(request, prompt, model, refiner, sampler, schedule_type, progress, controls)
         result = GenerationResult()
+        pipelines = [model.pipeline, *([refiner.pipeline] if refiner else [])]
         for batch_index in range(request.batch_count):
             seeds = [first_seed + batch_index * request.batch_size + i for i in range(request.batch_size)]
-            images = self._run_batch(run, seeds)
+            with seamless(pipelines) if request.tiling else contextlib.nullcontext():
+                images = self._run_batch(run, seeds)
             for image, seed in zip(images, seeds, strict=True):
                 params = self._infotext_params(run, seed, image)
                 infotext = format_infotext(request.prompt, request.negative_prompt, params)
@@ -191,6 +195,11 @@ class Engine:
         if model.architecture == "sdxl-refiner" and request.mode == "txt2img":
             raise AtelierError(
                 "an SDXL refiner cannot generate from text alone; use it as --refiner", field="model"
+            )
+        if request.enable_hr and model.architecture == "sd15-inpaint":
+            raise AtelierError(
+                f"hires fix needs a regular checkpoint; {model.name} is an inpainting model",
+                field="enable_hr",
             )
         if model.architecture == "sd15-inpaint" and request.mode != "inpaint":
             # A 9-channel UNet needs mask inputs; A1111 feeds it an all-white mask for txt2img/img2img.
@@ -523,6 +532,8 @@ class Engine:
             if request.mask_invert:
                 params["Mask mode"] = "Inpaint not masked"
             params["Masked content"] = request.inpainting_fill
+        if request.tiling:
+            params["Tiling"] = True
         if request.enable_hr:
             params.update(hires_infotext(request))
         for control in run.controls:

@@ -52,6 +52,7 @@ GENERATION_FIELDS = (
     "refiner_prompt",
     "refiner_negative_prompt",
     "refiner_switch_at",
+    "tiling",
     "enable_hr",
     "hr_scale",
     "hr_resize_x",

@@ -184,7 +184,6 @@ def translate_error(problem: AtelierError) -> AtelierError:
 def _refuse_unsupported(body: ProcessingRequest) -> None:
     unsupported = [
         ("restore_faces", bool(body.restore_faces), "face restoration is not available"),
-        ("tiling", bool(body.tiling), "tiling is not available"),
         ("subseed_strength", body.subseed_strength != 0, "variation seeds are not available"),
         (
             "seed_resize_from_w",
@@ -237,6 +236,7 @@ def _generation_values(body: ProcessingRequest, options: dict[str, Any]) -> dict
         "batch_size": body.batch_size,
         "batch_count": body.n_iter,
         "clip_skip": clip_skip,
+        "tiling": bool(body.tiling),
     }
     if body.refiner_switch_at is not None:
         values["refiner_switch_at"] = body.refiner_switch_at

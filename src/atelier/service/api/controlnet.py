@@ -133,6 +133,33 @@ def build_controlnet_router() -> APIRouter:
         details = {name: {"model_free": not needs_model(name), "sliders": []} for name in MODULES}
         return {"module_list": names, "module_detail": details}
 
+    @router.get("/controlnet/control_types", summary="sd-webui-controlnet: preprocessors and models by type")
+    def control_types(studio: StudioDep) -> dict[str, Any]:
+        # As the extension groups them: each type lists its preprocessors, and the models whose name says the
+        # type (the extension's rule too, since model files carry no type of their own).
+        models = controlnet_library(studio.storage, studio.config.cache_dir).model_list()
+        types: dict[str, Any] = {
+            "All": {
+                "module_list": list(MODULES),
+                "model_list": ["None", *models],
+                "default_option": "none",
+                "default_model": "None",
+            }
+        }
+        for label, (modules, keywords) in CONTROL_TYPES.items():
+            matching = [model for model in models if any(word in model.lower() for word in keywords)]
+            types[label] = {
+                "module_list": ["none", *modules],
+                "model_list": ["None", *matching],
+                "default_option": modules[0],
+                "default_model": matching[0] if matching else "None",
+            }
+        return {"control_types": types}
+
+    @router.get("/controlnet/settings", summary="sd-webui-controlnet: how many units a request may have")
+    def settings(studio: StudioDep) -> dict[str, int]:
+        return {"control_net_unit_count": studio.config.max_controlnet_units}
+
     @router.post("/controlnet/detect", summary="sd-webui-controlnet: run a preprocessor on images")
     def detect(body: DetectBody, studio: StudioDep) -> dict[str, Any]:
         module = canonical_module(body.controlnet_module)
@@ -158,6 +185,14 @@ def build_controlnet_router() -> APIRouter:
 
     return router
 
+
+# The extension's control types for the preprocessors Atelier has: (modules, words a model's name carries).
+CONTROL_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "Canny": (("canny", "invert"), ("canny",)),
+    "Depth": (("depth_midas", "depth_anything"), ("depth",)),
+    "Lineart": (("lineart_standard", "lineart_realistic", "lineart_coarse", "invert"), ("lineart",)),
+    "SoftEdge": (("softedge_hed",), ("softedge", "hed")),
+}
 
 _UNIT_PREVIEW_FIELDS = (
     "module",

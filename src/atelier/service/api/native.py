@@ -93,6 +93,7 @@ class GenerateBody(BaseModel):
     refiner_prompt: str | None = None
     refiner_negative_prompt: str | None = None
     refiner_switch_at: float | None = None
+    tiling: bool | None = Field(default=None, description="seamless: the picture repeats without a seam")
     enable_hr: bool | None = Field(
         default=None, description="hires fix: generate at width x height, upscale, denoise again (txt2img)"
     )

@@ -360,6 +360,7 @@ async function buildRequest() {
     body.inpaint_padding = number(field.padding, "inpaint_padding");
     body.mask_invert = field.invert.checked;
   }
+  if ($("#g-tiling").checked) body.tiling = true;
   const styles = [...$$("#g-styles input:checked")].map((box) => box.value);
   if (styles.length) body.styles = styles;
   if (mode === "txt2img" && field.hires.checked) {
