@@ -364,6 +364,108 @@ def test_saved_styles_are_imported_from_styles_csv_and_applied(api, http):
     assert "prompt_styles" not in api.get_options()  # styles are not an option
 
 
+def _xyz_args(x_type, x_values, y_type=0, y_values="", lone=True, vary_x=False):
+    # A1111 1.7+'s script_args: 3 axes (type, values, dropdown), legend, lone images, sub grids,
+    # keep -1 seeds, vary seeds for X/Y/Z, margin, csv mode.
+    return [
+        x_type,
+        x_values,
+        [],
+        y_type,
+        y_values,
+        [],
+        0,
+        "",
+        [],
+        True,
+        lone,
+        False,
+        False,
+        vary_x,
+        False,
+        False,
+        0,
+        False,
+    ]
+
+
+def _xyz_args_16(x_type, x_values, lone=True):
+    # A1111 1.6's layout: no vary-seeds flags, and raw mode at the end.
+    return [x_type, x_values, [], 0, "", [], 0, "", [], True, lone, False, False, 0, False, False]
+
+
+def test_xyz_plot_returns_a_labelled_grid_and_each_cell(api, http):
+    assert "x/y/z plot" in http.get("/sdapi/v1/scripts").json()["txt2img"]
+    result = api.txt2img(
+        prompt="a red bottle",
+        seed=8,
+        script_name="x/y/z plot",
+        script_args=_xyz_args(4, "1-2", 6, "3, 7"),  # X: Steps 1 and 2; Y: CFG Scale 3 and 7
+        override_settings={"sd_model_checkpoint": "tiny-sd15"},
+        **SMALL,
+    )
+    grid, *cells = result.images
+    assert len(cells) == 4
+    # Two columns and two rows of 64 px pictures, with room for the labels above and to the left.
+    assert grid.width > 128 and grid.height > 128
+    assert result.info["all_seeds"][0] == 8
+    infotext = result.info["infotexts"][0]
+    assert (
+        "Script: X/Y/Z plot" in infotext and "X Type: Steps" in infotext and "Y Type: CFG Scale" in infotext
+    )
+    cell_texts = result.info["infotexts"][1:]
+    assert ["Steps: 1" in text for text in cell_texts] == [True, False, True, False]  # X varies fastest
+    assert ["CFG scale: 7.0" in text for text in cell_texts] == [False, False, True, True]
+    # The cell with Steps 2 and CFG 7 is the same picture as generating it alone.
+    alone = api.txt2img(
+        prompt="a red bottle",
+        seed=8,
+        cfg_scale=7,
+        override_settings={"sd_model_checkpoint": "tiny-sd15"},
+        **{**SMALL, "steps": 2},
+    )
+    assert ImageChops.difference(cells[3].convert("RGB"), alone.image.convert("RGB")).getbbox() is None
+    varied = api.txt2img(
+        prompt="a red bottle",
+        seed=8,
+        script_name="x/y/z plot",
+        script_args=_xyz_args(6, "3, 7", vary_x=True),
+        **SMALL,
+    )
+    assert varied.info["infotexts"][1].count("Seed: 8") == 1 and "Seed: 9" in varied.info["infotexts"][2]
+
+
+def test_xyz_prompt_search_and_replace_and_refusals(api, http):
+    result = api.txt2img(
+        prompt="a red bottle",
+        seed=3,
+        script_name="X/Y/Z plot",
+        script_args=_xyz_args_16("Prompt S/R", "red, blue, green", lone=False),
+        **SMALL,
+    )
+    assert len(result.images) == 1  # just the grid
+    # One row of three: no Y labels, so no band on the left; the X labels (red, blue, green) above.
+    assert result.images[0].width == 3 * 64 and result.images[0].height > 64
+    unavailable = http.post(
+        "/sdapi/v1/txt2img",
+        json={**SMALL, "prompt": "x", "script_name": "x/y/z plot", "script_args": _xyz_args(13, "0, 1")},
+    )
+    assert unavailable.status_code == 422 and unavailable.json()["field"] == "script_args.x_type"
+    assert "Sigma Churn" in unavailable.json()["detail"]
+    not_found = http.post(
+        "/sdapi/v1/txt2img",
+        json={
+            **SMALL,
+            "prompt": "a bag",
+            "script_name": "x/y/z plot",
+            "script_args": _xyz_args(7, "red, blue"),
+        },
+    )
+    assert not_found.status_code == 422 and "not in the prompt" in not_found.json()["detail"]
+    other_script = http.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "x", "script_name": "sd upscale"})
+    assert other_script.status_code == 422 and other_script.json()["field"] == "script_name"
+
+
 def test_a_batch_tool_can_ask_for_a_lower_priority(served, http):
     server = served[0]
     answer = http.post(

@@ -38,6 +38,7 @@ from atelier.service.api.a1111_requests import (
     studio_options,
     translate_error,
 )
+from atelier.service.api.a1111_xyz import SCRIPT_NAME, run_xyz
 from atelier.service.api.common import request_caller, request_owner, require_admin
 from atelier.service.config import is_loopback_host
 from atelier.service.job_types import GenerateResult
@@ -58,10 +59,20 @@ def get_studio(request: Request) -> Studio:
 StudioDep = Annotated[Studio, Depends(get_studio)]
 
 
-def _info(job: Job, prepared: PreparedGeneration, body: ProcessingRequest) -> str:
-    """A1111's ``Processed.js()`` for a finished job."""
+def _info(
+    job: Job,
+    prepared: PreparedGeneration,
+    body: ProcessingRequest,
+    *,
+    infotexts: list[str] | None = None,
+    seeds: list[int] | None = None,
+) -> str:
+    """A1111's ``Processed.js()`` for a finished job (``infotexts`` and ``seeds``: of a script's images)."""
     result = GenerateResult.model_validate(job.result) if job.state == "succeeded" else None
-    seeds = result.seeds if result else []
+    if seeds is None:
+        seeds = result.seeds if result else []
+    if infotexts is None:
+        infotexts = result.infotexts if result else []
     params = prepared.params
     count = len(seeds)
     info = {
@@ -91,7 +102,7 @@ def _info(job: Job, prepared: PreparedGeneration, body: ProcessingRequest) -> st
         "denoising_strength": params.get("denoising_strength") if prepared.mode != "txt2img" else None,
         "extra_generation_params": {"Schedule type": params["schedule_type"]},
         "index_of_first_image": 0,
-        "infotexts": result.infotexts if result else [],
+        "infotexts": infotexts,
         "styles": body.styles or [],
         "job_timestamp": job.created_at.astimezone(UTC).strftime("%Y%m%d%H%M%S"),
         "clip_skip": params["clip_skip"],
@@ -126,6 +137,18 @@ async def _run(
     request: Request, body: ProcessingRequest, prepare: Any, *, include_images: bool = False
 ) -> dict[str, Any]:
     studio: Studio = request.app.state.studio
+    if (body.script_name or "").strip().lower() == SCRIPT_NAME:
+        priority = _priority(request)
+
+        def submit(prepared: PreparedGeneration) -> Job:
+            return submit_generation(
+                studio, prepared, owner=request_owner(request), origin="a1111", priority=priority
+            )
+
+        try:
+            return await run_xyz(request, body, prepare, submit, _info)
+        except AtelierError as problem:
+            raise translate_error(problem) from None
     try:
         prepared = await run_in_threadpool(prepare, studio, body)
         priority = _priority(request)
@@ -341,7 +364,7 @@ def build_a1111_router() -> APIRouter:
 
     @router.get("/scripts")
     def scripts() -> dict[str, list[str]]:
-        return {"txt2img": [], "img2img": []}
+        return {"txt2img": [SCRIPT_NAME], "img2img": [SCRIPT_NAME]}
 
     @router.get("/cmd-flags")
     def cmd_flags(request: Request) -> dict[str, Any]:

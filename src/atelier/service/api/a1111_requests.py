@@ -190,7 +190,11 @@ def _refuse_unsupported(body: ProcessingRequest) -> None:
             body.seed_resize_from_w > 0 or body.seed_resize_from_h > 0,
             "seed resize is not available",
         ),
-        ("script_name", bool(body.script_name), "scripts are not available"),
+        (
+            "script_name",
+            (body.script_name or "").strip().lower() not in ("", "x/y/z plot"),
+            "the only script available is 'x/y/z plot'",
+        ),
         (
             "alwayson_scripts",
             any(
