@@ -119,6 +119,43 @@ def test_a_prompt_saved_as_a_style_is_applied_to_the_next_generation(open_page, 
     studio.client.put("/api/styles", json={"styles": []})  # other tests start without styles
 
 
+def test_the_viewer_upscales_an_image_for_download(open_page, studio):
+    page = open_page("txt2img")
+    page.fill("#g-prompt", "a red bottle")
+    fill(page, SMALL)
+    page.click("#g-submit")
+    page.wait_for_selector("#gallery .tile img[src^='blob:']")
+    page.click("#gallery .tile")
+    page.select_option("#viewer-scale", "3")
+    page.click("#viewer-upscale")
+    page.wait_for_function("document.querySelector('#viewer-meta').textContent.includes('upscaled')")
+    with page.expect_download() as download:
+        page.click("#viewer-download")
+    assert download.value.suggested_filename.endswith("-x3.png")
+    with Image.open(download.value.path()) as upscaled:
+        assert upscaled.size == (192, 192)
+
+
+def test_an_xyz_plot_compares_settings_in_one_labelled_grid(open_page, studio):
+    page = open_page("txt2img")
+    page.fill("#g-prompt", "a red bottle")
+    fill(page, SMALL)
+    page.click("#xyz-section summary")
+    page.select_option("#xyz-x-type", "Steps")
+    page.fill("#xyz-x-values", "lots")
+    page.click("#xyz-run")
+    error = page.wait_for_selector("[data-field='script_args.x_values'] .field-error")
+    assert "not a number" in error.inner_text()
+    page.fill("#xyz-x-values", "1-2")
+    page.select_option("#xyz-y-type", "CFG Scale")
+    page.fill("#xyz-y-values", "3, 7")
+    page.click("#xyz-run")
+    grid = page.wait_for_selector("#gallery .xyz-result img")
+    width, height = page.evaluate("img => img.decode().then(() => [img.naturalWidth, img.naturalHeight])", grid)
+    assert width > 128 and height > 128  # two by two 64 px cells, and the labels
+    assert page.get_attribute("#gallery .xyz-result a", "download") == "xyz-grid.png"
+
+
 def test_an_api_error_shows_next_to_the_field_that_caused_it(open_page, studio):
     page = open_page("txt2img")
     jobs_before = len(studio.client.get("/api/jobs", params={"limit": 1000}).json()["jobs"])

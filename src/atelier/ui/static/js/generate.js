@@ -645,6 +645,63 @@ export function setMode(next) {
   if (source) sizeFromImage(source.width, source.height);
 }
 
+// -- X/Y/Z plot ------------------------------------------------------------------------------------------------
+
+/** The form's request in A1111's names, for /sdapi/v1/txt2img (where the X/Y/Z plot script lives). */
+function a1111Body(body) {
+  const { model, sampler, schedule_type: scheduler, batch_count: _count, hr_sampler: hrSampler, ...rest } = body;
+  return {
+    ...rest,
+    batch_size: 1,
+    n_iter: 1,
+    sampler_name: sampler || undefined,
+    scheduler: scheduler || undefined,
+    hr_sampler_name: hrSampler || undefined,
+    override_settings: model ? { sd_model_checkpoint: model } : {},
+  };
+}
+
+async function runXyz() {
+  clearErrors(form);
+  let body;
+  try {
+    body = await buildRequest();
+  } catch (problem) {
+    if (problem instanceof FieldProblem) showFieldError(form, problem.field, problem.message);
+    else showError(form, problem);
+    return;
+  }
+  const yType = $("#xyz-y-type").value;
+  const scriptArgs = [
+    $("#xyz-x-type").value, $("#xyz-x-values").value, [],
+    yType, yType === "Nothing" ? "" : $("#xyz-y-values").value, [],
+    "Nothing", "", [],
+    true, false, false, false, false, false, false, 0, false,
+  ];
+  const button = $("#xyz-run");
+  button.disabled = true;
+  $("#xyz-status").textContent = "Generating every cell…";
+  try {
+    const answer = await api.post("/sdapi/v1/txt2img", { ...a1111Body(body), script_name: "x/y/z plot", script_args: scriptArgs });
+    const info = JSON.parse(answer.info);
+    const url = `data:image/png;base64,${answer.images[0]}`;
+    const gallery = $("#gallery");
+    gallery.replaceChildren(
+      h("figure", { class: "xyz-result" },
+        h("img", { src: url, alt: `X/Y/Z plot: ${$("#xyz-x-type").value} by ${yType}` }),
+        h("figcaption", {}, h("a", { class: "btn btn-quiet", href: url, download: "xyz-grid.png" }, "Download the grid"))),
+    );
+    gallery.classList.add("single");
+    $("#gallery-caption").textContent = `X/Y/Z plot · seed ${info.seed}`;
+    $("#xyz-status").textContent = "";
+  } catch (error) {
+    $("#xyz-status").textContent = "";
+    showError(form, error, { sampler_name: "sampler", scheduler: "schedule_type", sd_model_checkpoint: "model", script_args: null });
+  } finally {
+    button.disabled = false;
+  }
+}
+
 // -- styles ----------------------------------------------------------------------------------------------------
 
 /** Saved styles as checkboxes; the checked ones are applied, in list order, when generating. */
@@ -712,6 +769,7 @@ export function initGenerate({ selectTab, afterJob }) {
   field.model.addEventListener("change", modelChanged);
   catalog.addEventListener("change", renderStyles);
   $("#g-style-save").addEventListener("click", saveStyle);
+  $("#xyz-run").addEventListener("click", runXyz);
   for (const input of [field.hiresScale, field.width, field.height]) input.addEventListener("input", showHiresSize);
   showHiresSize();
   field.sampler.addEventListener("change", renderScheduleTypes);

@@ -1,6 +1,6 @@
 // The image viewer: one generated image large, with its infotext and what can be done with it.
 
-import { fileBlob, fileObjectUrl } from "./api.js";
+import { api, dataUrl, fileBlob, fileObjectUrl } from "./api.js";
 import { $, h, toast } from "./dom.js";
 
 const dialog = $("#viewer");
@@ -88,3 +88,34 @@ $("#viewer-reuse-seed").addEventListener("click", () => {
 $("#viewer-use-settings").addEventListener("click", () => withBlob((image, blob) => actions.useSettings?.(image, blob)));
 $("#viewer-to-img2img").addEventListener("click", () => withBlob((image, blob) => actions.sendTo?.("img2img", image, blob)));
 $("#viewer-to-inpaint").addEventListener("click", () => withBlob((image, blob) => actions.sendTo?.("inpaint", image, blob)));
+$("#viewer-upscale").addEventListener("click", upscale);
+
+/** Upscale the shown image (A1111's extras: POST /sdapi/v1/extra-single-image) and offer the result. */
+async function upscale() {
+  const image = images[index];
+  const button = $("#viewer-upscale");
+  const scale = Number($("#viewer-scale").value);
+  button.disabled = true;
+  try {
+    const source = await dataUrl(await fileBlob(image.url));
+    const answer = await api.post("/sdapi/v1/extra-single-image", {
+      image: source,
+      upscaler_1: $("#viewer-upscaler").value,
+      upscaling_resize: scale,
+    });
+    if (images[index] !== image) return;
+    const bytes = Uint8Array.from(atob(answer.image), (c) => c.charCodeAt(0));
+    const url = URL.createObjectURL(new Blob([bytes], { type: "image/png" }));
+    imageElement.src = url;
+    const download = $("#viewer-download");
+    download.href = url;
+    download.setAttribute("download", image.key.split("/").pop().replace(/\.png$/, `-x${scale}.png`));
+    const size = $("#viewer-meta").querySelectorAll("dd")[1];
+    size.textContent = `${image.width * scale} × ${image.height * scale} (upscaled ×${scale})`;
+    toast(`Upscaled ×${scale}: download it from here.`);
+  } catch (error) {
+    toast(error.message, "error");
+  } finally {
+    button.disabled = false;
+  }
+}
