@@ -151,7 +151,9 @@ def test_an_xyz_plot_compares_settings_in_one_labelled_grid(open_page, studio):
     page.fill("#xyz-y-values", "3, 7")
     page.click("#xyz-run")
     grid = page.wait_for_selector("#gallery .xyz-result img")
-    width, height = page.evaluate("img => img.decode().then(() => [img.naturalWidth, img.naturalHeight])", grid)
+    width, height = page.evaluate(
+        "img => img.decode().then(() => [img.naturalWidth, img.naturalHeight])", grid
+    )
     assert width > 128 and height > 128  # two by two 64 px cells, and the labels
     assert page.get_attribute("#gallery .xyz-result a", "download") == "xyz-grid.png"
 
