@@ -325,13 +325,20 @@ def test_progress_reports_every_step_and_cancel_stops(tiny_models, engine):
     assert [done for done, _ in seen] == list(range(1, 11))
 
     calls = []
-    with pytest.raises(GenerationCanceled):
+    with pytest.raises(GenerationCanceled) as stopped:
         engine.generate(
-            _request(tiny_models("sd15"), steps=20),
+            _request(tiny_models("sd15"), steps=20, batch_count=2),
             on_step=lambda d, t: calls.append(d),
-            should_cancel=lambda: len(calls) >= 3,
+            should_cancel=lambda: len(calls) >= 23,
         )
-    assert len(calls) == 3
+    assert len(calls) == 23
+    # The stop carries the first batch, finished, and the second as its latents looked at step 3 (A1111's
+    # interrupt returns them); the picture at the stop is not the finished one.
+    first, partial = stopped.value.result.images
+    assert (first.seed, partial.seed) == (1234, 1235)
+    assert partial.image.size == (SIZE, SIZE)
+    finished = engine.generate(_request(tiny_models("sd15"), steps=20, seed=1235)).images[0]
+    assert _pixels(partial.image).tolist() != _pixels(finished.image).tolist()
 
 
 def test_infotext_has_a1111_layout(tiny_models, engine):

@@ -234,7 +234,11 @@ def test_interrupt_cancels_the_running_job(api, http):
     assert skipped["current_image"] is None
     api.interrupt()
     thread.join(timeout=30)
-    assert outcome["result"].images == []
+    # As A1111 does: the answer carries the picture as it was at the stopping step, with its seed.
+    (stopped,) = outcome["result"].images
+    assert stopped.size == (64, 64)
+    assert outcome["result"].info["all_seeds"] == [1]
+    assert "Seed: 1" in outcome["result"].info["infotexts"][0]
 
 
 @pytest.mark.parametrize(

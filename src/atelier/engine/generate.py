@@ -40,6 +40,7 @@ from atelier.engine.preprocessors import model_folder, needs_model
 from atelier.engine.previews import PreviewDecoders
 from atelier.engine.progress import (
     CancelCheck,
+    GenerationCanceled,
     PreviewCallback,
     StepCallback,
     StepProgress,
@@ -177,15 +178,27 @@ class Engine:
         pipelines = [model.pipeline, *([refiner.pipeline] if refiner else [])]
         for batch_index in range(request.batch_count):
             seeds = [first_seed + batch_index * request.batch_size + i for i in range(request.batch_size)]
-            with seamless(pipelines) if request.tiling else contextlib.nullcontext():
-                images = self._run_batch(run, seeds)
-            for image, seed in zip(images, seeds, strict=True):
-                params = self._infotext_params(run, seed, image)
-                infotext = format_infotext(request.prompt, request.negative_prompt, params)
-                result.images.append(GeneratedImage(image=image, seed=seed, infotext=infotext, params=params))
+            try:
+                with seamless(pipelines) if request.tiling else contextlib.nullcontext():
+                    images = self._run_batch(run, seeds)
+            except GenerationCanceled as stop:
+                # What A1111's interrupt returns: the finished batches and this one as it is now.
+                self._add_images(run, result, stop.partial, seeds)
+                stop.result = result
+                raise
+            self._add_images(run, result, images, seeds)
         assert len(result.images) == total_images
         result.control_maps = run.control_maps or []
         return result
+
+    def _add_images(
+        self, run: _Run, result: GenerationResult, images: list[Image.Image], seeds: list[int]
+    ) -> None:
+        request = run.request
+        for image, seed in zip(images, seeds, strict=False):
+            params = self._infotext_params(run, seed, image)
+            infotext = format_infotext(request.prompt, request.negative_prompt, params)
+            result.images.append(GeneratedImage(image=image, seed=seed, infotext=infotext, params=params))
 
     # -- one batch -------------------------------------------------------------------------------------------
 

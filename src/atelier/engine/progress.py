@@ -17,7 +17,31 @@ PreviewCallback = Callable[[Image.Image, int, int], None]
 
 
 class GenerationCanceled(Exception):
-    """Raised inside the denoising loop when the caller asked to stop."""
+    """Raised inside the denoising loop when the caller asked to stop.
+
+    ``partial`` holds the batch's pictures decoded at the stopping step, and ``result`` (set by the engine) a
+    :class:`~atelier.engine.generate.GenerationResult` with the finished batches and those pictures: what A1111's
+    interrupt returns. A caller that cancels simply ignores them.
+    """
+
+    def __init__(self, partial: list[Image.Image] | None = None) -> None:
+        super().__init__("the generation was stopped")
+        self.partial = partial or []
+        self.result: Any = None
+
+
+def decode_partial(pipeline: Any, latents: Any) -> list[Image.Image]:
+    """The pictures the latents show now, decoded by the pipeline's own VAE (at a stop, so rarely)."""
+    import torch
+
+    vae = pipeline.vae
+    try:
+        with torch.no_grad():
+            scaled = latents.to(vae.dtype) / vae.config.scaling_factor
+            pixels = vae.decode(scaled, return_dict=False)[0]
+        return list(pipeline.image_processor.postprocess(pixels, output_type="pil"))
+    except Exception:  # a stop must never fail because its picture could not be made
+        return []
 
 
 class StepProgress:
@@ -34,8 +58,8 @@ class StepProgress:
 
     @property
     def tensor_inputs(self) -> list[str]:
-        """What the pipeline hands the callback: the latents only when a preview is wanted."""
-        return ["latents"] if self.previews is not None else []
+        """What the pipeline hands the callback: the latents, for previews and for the picture at a stop."""
+        return ["latents"]
 
     def callback(self, conditioning: Conditioning) -> Callable[..., dict[str, Any]]:
         def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
@@ -48,7 +72,8 @@ class StepProgress:
                 if self.done % every == 0 and self.done < self.total:
                     on_preview(decode(tensors["latents"]), self.done, self.total)
             if self.should_cancel is not None and self.should_cancel():
-                raise GenerationCanceled()
+                latents = tensors.get("latents")
+                raise GenerationCanceled(decode_partial(pipeline, latents) if latents is not None else None)
             conditioning.step_done(step)
             return {}
 

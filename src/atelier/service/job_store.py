@@ -80,6 +80,7 @@ jobs_table = sa.Table(
     sa.Column("webhook_url", sa.Text),
     # When the job last entered the queue: a retry waits behind the jobs already queued.
     sa.Column("queued_at", UtcDateTime, nullable=False),
+    sa.Column("keep_partial", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_jobs_queue_order", "state", "priority", "queued_at", "seq"),
     sa.Index("ix_jobs_lease", "state", "lease_expires_at"),
     sa.Index("ix_jobs_created", "created_at"),
@@ -107,6 +108,7 @@ _JOB_FIELDS = tuple(field.name for field in fields(Job))
 def _job_from_row(row: sa.Row[Any]) -> Job:
     values = {name: row._mapping[name] for name in _JOB_FIELDS}
     values["cancel_requested"] = bool(values["cancel_requested"])
+    values["keep_partial"] = bool(values["keep_partial"])
     return Job(**values)
 
 
@@ -448,6 +450,7 @@ class SqlJobStore:
                     state="queued",
                     attempts=0,
                     cancel_requested=False,
+                    keep_partial=False,
                     error=None,
                     result=None,
                     worker_id=None,
@@ -465,10 +468,12 @@ class SqlJobStore:
             )
         return job
 
-    def cancel(self, job_id: str) -> Job:
+    def cancel(self, job_id: str, *, keep_partial: bool = False) -> Job:
         """Cancel a job: a queued one at once, a running one by asking its worker (seen at its next heartbeat).
 
-        Finished jobs are returned unchanged. :class:`NotFoundError` for an unknown id.
+        ``keep_partial`` (A1111's interrupt): a running generation stops at its next step but finishes with the
+        picture as it is then, instead of nothing. Finished jobs are returned unchanged. :class:`NotFoundError`
+        for an unknown id.
         """
         with self._write_engine.begin() as conn:
             conn.execute(
@@ -479,7 +484,7 @@ class SqlJobStore:
             conn.execute(
                 jobs_table.update()
                 .where(jobs_table.c.id == job_id, jobs_table.c.state == "running")
-                .values(cancel_requested=True)
+                .values(cancel_requested=True, keep_partial=keep_partial)
             )
         return self.get(job_id)
 

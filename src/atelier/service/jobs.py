@@ -55,6 +55,8 @@ class Job:
     finished_at: datetime | None
     webhook_url: str | None
     queued_at: datetime
+    # Set with cancel_requested by A1111's interrupt: stop at the next step but keep the picture so far.
+    keep_partial: bool = False
 
     @property
     def finished(self) -> bool:
@@ -154,7 +156,7 @@ class JobStore(Protocol):
 
     def retry(self, job_id: str) -> Job: ...
 
-    def cancel(self, job_id: str) -> Job: ...
+    def cancel(self, job_id: str, *, keep_partial: bool = False) -> Job: ...
 
     def mark_canceled(self, job_id: str, worker_id: str) -> bool: ...
 

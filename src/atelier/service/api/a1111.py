@@ -336,7 +336,8 @@ def build_a1111_router() -> APIRouter:
         caller = request_caller(request)
         for job in studio.store.list(state="running", kind="generate", limit=1000):
             if caller.may_see(job.owner):
-                studio.store.cancel(job.id)
+                # As in A1111, the request then answers with the picture as it was at the stop.
+                studio.store.cancel(job.id, keep_partial=True)
         return {}
 
     @router.post("/skip")

@@ -121,8 +121,8 @@ def run_generate(worker: WorkerContext, job: Job, lease: JobLease) -> GenerateRe
             on_preview=on_preview if preview_every else None,
             preview_every=preview_every,
         )
-    except GenerationCanceled:
-        raise JobInterrupted() from None
+    except GenerationCanceled as stop:
+        result = _kept_on_interrupt(worker, job, stop)
     generated = time.monotonic()
     shown_params = {
         **request.to_params(),
@@ -175,6 +175,14 @@ def run_generate(worker: WorkerContext, job: Job, lease: JobLease) -> GenerateRe
             "seconds_per_step": round((generated - started) / steps["done"], 4) if steps["done"] else 0.0,
         },
     )
+
+
+def _kept_on_interrupt(worker: WorkerContext, job: Job, stop: Any) -> Any:
+    """The pictures as they were at the stop when the job was interrupted A1111-style; else stop the job."""
+    current = worker.store.get(job.id)
+    if current.cancel_requested and current.keep_partial and stop.result is not None and stop.result.images:
+        return stop.result
+    raise JobInterrupted() from None
 
 
 def _load_input(worker: WorkerContext, key: str) -> Any:
