@@ -8,8 +8,8 @@ The difference is underneath: A1111 runs one request at a time behind a lock and
 time out). Here each request becomes a job in the durable queue and the handler waits for it, so concurrent
 requests are queued, spread over all workers, and survive a worker crash.
 
-Options that A1111 applies but Atelier cannot (hires fix, face restoration, tiling, variation seeds, scripts)
-are refused with 422 naming the field rather than silently ignored.
+Options that A1111 applies but Atelier cannot (face restoration, variation seeds, scripts other than the X/Y/Z
+plot) are refused with 422 naming the field rather than silently ignored; docs/a1111.md lists them.
 """
 
 from __future__ import annotations
