@@ -392,16 +392,21 @@ function errorAliases() {
   return aliases;
 }
 
-export async function generate() {
+/** The form as a request, or null after showing the problem at its field. */
+async function readForm() {
   clearErrors(form);
-  let body;
   try {
-    body = await buildRequest();
+    return await buildRequest();
   } catch (problem) {
     if (problem instanceof FieldProblem) showFieldError(form, problem.field, problem.message);
     else showError(form, problem);
-    return;
+    return null;
   }
+}
+
+export async function generate() {
+  const body = await readForm();
+  if (!body) return;
   const submit = $("#g-submit");
   submit.disabled = true;
   try {
@@ -662,15 +667,8 @@ function a1111Body(body) {
 }
 
 async function runXyz() {
-  clearErrors(form);
-  let body;
-  try {
-    body = await buildRequest();
-  } catch (problem) {
-    if (problem instanceof FieldProblem) showFieldError(form, problem.field, problem.message);
-    else showError(form, problem);
-    return;
-  }
+  const body = await readForm();
+  if (!body) return;
   const yType = $("#xyz-y-type").value;
   const scriptArgs = [
     $("#xyz-x-type").value, $("#xyz-x-values").value, [],
