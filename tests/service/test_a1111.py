@@ -470,6 +470,36 @@ def test_xyz_prompt_search_and_replace_and_refusals(api, http):
     assert other_script.status_code == 422 and other_script.json()["field"] == "script_name"
 
 
+def test_sd_upscale_redraws_the_enlarged_picture_tile_by_tile(api, http):
+    photo = Image.new("RGB", (64, 48), "navy")
+    photo.paste((250, 200, 0), (16, 12, 48, 36))
+    result = api.img2img(
+        images=[photo],
+        prompt="a yellow label",
+        seed=6,
+        denoising_strength=0.5,
+        script_name="sd upscale",
+        script_args=["", 16, 1, 2],  # 16 px overlap, Lanczos, x2
+        override_settings={"sd_model_checkpoint": "tiny-sd15"},
+        **SMALL,  # 64 x 64 tiles
+    )
+    assert result.image.size == (128, 96)
+    infotext = result.info["infotexts"][0]
+    assert "Script: SD upscale" in infotext and "SD upscale upscaler: Lanczos" in infotext
+    too_big = http.post(
+        "/sdapi/v1/img2img",
+        json={
+            **SMALL,
+            "prompt": "x",
+            "init_images": [_b64(photo)],
+            "script_name": "sd upscale",
+            "script_args": ["", 16, 1, 9],
+        },
+    )
+    assert too_big.status_code == 422 and too_big.json()["field"] == "script_args"
+    assert "sd upscale" in http.get("/sdapi/v1/scripts").json()["img2img"]
+
+
 def test_a_batch_tool_can_ask_for_a_lower_priority(served, http):
     server = served[0]
     answer = http.post(

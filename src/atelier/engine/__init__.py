@@ -54,6 +54,8 @@ _EXPORTS = {
     "BUILTIN_UPSCALERS": "upscalers",
     "check_upscaler_name": "upscalers",
     "upscale": "upscalers",
+    "tile_boxes": "upscalers",
+    "merge_tiles": "upscalers",
     "LATENT_UPSCALE_MODES": "hires",
     "PreviewDecoders": "previews",
     "TaesdPreview": "previews",
@@ -150,5 +152,11 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     )
     from atelier.engine.tiny import create_tiny_model
     from atelier.engine.tokenizer import CLIP_L_REPO, cached_tokenizer_folder, clip_backend, clip_tokenizer
-    from atelier.engine.upscalers import BUILTIN_UPSCALERS, check_upscaler_name, upscale
+    from atelier.engine.upscalers import (
+        BUILTIN_UPSCALERS,
+        check_upscaler_name,
+        merge_tiles,
+        tile_boxes,
+        upscale,
+    )
     from atelier.engine.versions import check_libraries

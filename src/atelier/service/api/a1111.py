@@ -38,6 +38,8 @@ from atelier.service.api.a1111_requests import (
     studio_options,
     translate_error,
 )
+from atelier.service.api.a1111_sd_upscale import SCRIPT_NAME as SD_UPSCALE
+from atelier.service.api.a1111_sd_upscale import run_sd_upscale
 from atelier.service.api.a1111_xyz import SCRIPT_NAME, run_xyz
 from atelier.service.api.common import request_caller, request_owner, require_admin
 from atelier.service.config import is_loopback_host
@@ -137,7 +139,8 @@ async def _run(
     request: Request, body: ProcessingRequest, prepare: Any, *, include_images: bool = False
 ) -> dict[str, Any]:
     studio: Studio = request.app.state.studio
-    if (body.script_name or "").strip().lower() == SCRIPT_NAME:
+    script = (body.script_name or "").strip().lower()
+    if script == SCRIPT_NAME or (script == SD_UPSCALE and isinstance(body, Img2ImgRequest)):
         priority = _priority(request)
 
         def submit(prepared: PreparedGeneration) -> Job:
@@ -145,8 +148,9 @@ async def _run(
                 studio, prepared, owner=request_owner(request), origin="a1111", priority=priority
             )
 
+        run_script = run_xyz if script == SCRIPT_NAME else run_sd_upscale
         try:
-            return await run_xyz(request, body, prepare, submit, _info)
+            return await run_script(request, body, prepare, submit, _info)
         except AtelierError as problem:
             raise translate_error(problem) from None
     try:
@@ -365,7 +369,7 @@ def build_a1111_router() -> APIRouter:
 
     @router.get("/scripts")
     def scripts() -> dict[str, list[str]]:
-        return {"txt2img": [SCRIPT_NAME], "img2img": [SCRIPT_NAME]}
+        return {"txt2img": [SCRIPT_NAME], "img2img": [SCRIPT_NAME, SD_UPSCALE]}
 
     @router.get("/cmd-flags")
     def cmd_flags(request: Request) -> dict[str, Any]:

@@ -192,8 +192,9 @@ def _refuse_unsupported(body: ProcessingRequest) -> None:
         ),
         (
             "script_name",
-            (body.script_name or "").strip().lower() not in ("", "x/y/z plot"),
-            "the only script available is 'x/y/z plot'",
+            (body.script_name or "").strip().lower()
+            not in ("", "x/y/z plot", *(("sd upscale",) if isinstance(body, Img2ImgRequest) else ())),
+            "the scripts available are 'x/y/z plot' (txt2img and img2img) and 'sd upscale' (img2img)",
         ),
         (
             "alwayson_scripts",

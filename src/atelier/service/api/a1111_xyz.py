@@ -29,7 +29,7 @@ import io
 import json
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -333,26 +333,12 @@ async def run_xyz(
     """Plan the cells, queue one job each, wait for all, and answer with the labelled grid (A1111's shape)."""
     from atelier.campaign.comparison_grid import labelled_grid, side_by_side
 
-    studio: Studio = request.app.state.studio
     plan = XyzPlan.from_request(body)
     if body.seed == -1 and not plan.no_fixed_seeds:
         body = body.model_copy(update={"seed": random.randrange(4294967294)})  # one seed for every cell
     cells = plan.cells()
     requests = [cell_request(body, plan, ix, iy, iz) for ix, iy, iz in cells]
-    # Everything is checked before anything is queued: a typo in the last value costs no generation.
-    prepared = [await run_in_threadpool(prepare, studio, cell) for cell in requests]
-    jobs = [await run_in_threadpool(submit, item) for item in prepared]
-    timeout = studio.config.request_timeout_seconds
-    finished = await asyncio.wait_for(
-        asyncio.gather(*(request.app.state.waiter.wait(job.id) for job in jobs)), timeout=timeout
-    )
-    failed = next((job for job in finished if job.state != "succeeded"), None)
-    if failed is not None:
-        raise JobFailedError(
-            f"a cell of the plot ({failed.id}) {failed.state}: {failed.error}", field="job_id"
-        )
-    results = [GenerateResult.model_validate(job.result) for job in finished]
-    pictures = await run_in_threadpool(lambda: [_open(studio, result.images[0].key) for result in results])
+    prepared, finished, results, pictures = await run_cells(request, requests, prepare, submit, what="plot")
     per_z = len(plan.x.values) * len(plan.y.values)
     x_labels = [plan.x.label_of(value) for value in plan.x.values] if plan.draw_legend else []
     y_labels = [plan.y.label_of(value) for value in plan.y.values] if plan.draw_legend else []
@@ -394,6 +380,41 @@ async def run_xyz(
         "parameters": body.model_dump(exclude={"init_images", "mask"}),
         "info": info(finished[0], prepared[0], body, infotexts=infotexts, seeds=seeds),
     }
+
+
+async def run_cells(
+    request: Any,
+    requests: Sequence[ProcessingRequest],
+    prepare: Any,
+    submit: Callable[[Any], Any],
+    *,
+    what: str,
+) -> tuple[list[Any], list[Any], list[GenerateResult], list[Any]]:
+    """Queue one job per request and wait for all: (prepared, finished jobs, results, first pictures).
+
+    Everything is checked before anything is queued, so a mistake in the last cell costs no generation; the jobs
+    spread over every generation worker.
+    """
+    studio: Studio = request.app.state.studio
+    prepared = [await run_in_threadpool(prepare, studio, cell) for cell in requests]
+    jobs = [await run_in_threadpool(submit, item) for item in prepared]
+    timeout = studio.config.request_timeout_seconds
+    finished = await asyncio.wait_for(
+        asyncio.gather(*(request.app.state.waiter.wait(job.id) for job in jobs)), timeout=timeout
+    )
+    failed = next((job for job in finished if job.state != "succeeded"), None)
+    if failed is not None:
+        raise JobFailedError(
+            f"a cell of the {what} ({failed.id}) {failed.state}: {failed.error}", field="job_id"
+        )
+    results = [GenerateResult.model_validate(job.result) for job in finished]
+    pictures = await run_in_threadpool(lambda: [_open(studio, result.images[0].key) for result in results])
+    return prepared, finished, results, pictures
+
+
+def png_base64(image: Any, infotext: str) -> str:
+    """A picture as base64 PNG with A1111's ``parameters`` infotext."""
+    return _png_base64(image, infotext)
 
 
 def _open(studio: Studio, key: str) -> Any:
