@@ -10,7 +10,7 @@ PIP = $(PYTHON) -m pip
 LOCK = requirements.lock
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install install-test studio test lint format bench lock lock-check upgrade-check upgrade
+.PHONY: install install-test studio test lint format bench lock lock-check upgrade-check upgrade image
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -62,3 +62,18 @@ upgrade-check: install-test
 
 upgrade: install-test
 	$(PYTHON) tools/deps.py upgrade-check --write
+
+# The container image (Containerfile; docs/deploy.md), built with podman or docker, whichever is installed.
+# TORCH_VARIANT picks the torch build: cpu, or a CUDA one such as cu128 (`make image TORCH_VARIANT=cu128`).
+# IMAGE_FLAGS passes more to the build, e.g. --build-arg BASE_IMAGE=... or podman's --isolation=chroot.
+IMAGE ?= atelier
+TORCH_VARIANT ?= cpu
+IMAGE_TAG ?= $(TORCH_VARIANT)
+CONTAINER_ENGINE ?= $(shell command -v podman 2>/dev/null || command -v docker 2>/dev/null)
+# Podman writes OCI images by default, which have no HEALTHCHECK; the Docker format keeps it.
+PODMAN_FORMAT = $(if $(findstring podman,$(notdir $(CONTAINER_ENGINE))),--format docker)
+
+image:
+	@test -n "$(CONTAINER_ENGINE)" || { echo "make image: neither podman nor docker is installed; install one (apt-get install podman) or set CONTAINER_ENGINE" >&2; exit 1; }
+	$(CONTAINER_ENGINE) build -f Containerfile --build-arg TORCH_VARIANT=$(TORCH_VARIANT) \
+		--build-arg TORCH_VERSION=$(TORCH_VERSION) $(PODMAN_FORMAT) $(IMAGE_FLAGS) -t $(IMAGE):$(IMAGE_TAG) .

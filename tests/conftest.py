@@ -48,3 +48,11 @@ def engine():
     from atelier.engine.generate import Engine
 
     return Engine(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_captioner(tmp_path_factory):
+    """A tiny random-weight BLIP captioning model (transformers folder); copy it into a models/captioning/."""
+    from atelier.engine.tiny import create_tiny_captioning_model
+
+    return create_tiny_captioning_model(tmp_path_factory.mktemp("tiny-captioner") / "tiny-blip")

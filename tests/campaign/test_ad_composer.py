@@ -219,7 +219,12 @@ def test_an_mp4_is_encoded_by_piping_frames_to_ffmpeg(tmp_path, monkeypatch, spe
     result = compose_ad(spec, tmp_path / "out")
     assert result.video_path == tmp_path / "out" / "ad.mp4"
     assert result.video_note is None
-    args, received = json.loads(result.video_path.read_text())
+    # What ffmpeg wrote, then the XMP box Atelier appends (a top-level uuid box, XMP part 3).
+    data = result.video_path.read_bytes()
+    box = data.rindex(b"uuid\xbe\x7a\xcf\xcb") - 4
+    assert int.from_bytes(data[box : box + 4], "big") == len(data) - box
+    assert b"digitalsourcetype/composite" in data[box:]
+    args, received = json.loads(data[:box])
     assert args[args.index("-s") + 1] == "200x100"
     assert args[args.index("-f") + 1] == "rawvideo"
     assert args[args.index("-c:v") + 1] == "libx264"

@@ -599,3 +599,27 @@ def test_a_catalog_may_name_photos_by_absolute_path(tmp_path, tiny_models):
     result = run_batch(csv_path, "--scenes", scenes_path, "--model", tiny_models("sd15"), "--out", out)
     assert result.code == 0, result.err
     assert [(line["sku"], line["scene"]) for line in manifest_lines(out)] == [("JKT-1", "forest")]
+
+
+def test_a_row_with_a_cutout_photo_and_no_mask_keeps_the_product_exact(tmp_path, tiny_models):
+    """Catalogs often hold cut-outs already: the transparency is the product, the scene is generated around it."""
+    from product_helpers import cutout_photo
+
+    csv_path, scenes_path = write_catalog(
+        tmp_path, "sku,image,product,color\nBTL-1,photos/bottle.png,bottle,green\n"
+    )
+    photo, alpha = cutout_photo(PHOTO_SIZE, soft_edge=False)
+    photo.save(tmp_path / "photos" / "bottle.png")
+    out = tmp_path / "out"
+    result = run_batch(csv_path, "--scenes", scenes_path, "--model", tiny_models("sd15"), "--out", out)
+    assert result.code == 0, result.err
+    product = np.asarray(alpha) == 255
+    pixels = np.asarray(photo.convert("RGB"))
+    records = manifest_lines(out)
+    assert len(records) == 3
+    for record in records:
+        assert record["params"]["mode"] == "inpaint" and record["params"]["mask"] == "automatic"
+        made = np.asarray(Image.open(out / record["file"]).convert("RGB"))
+        assert made.shape == pixels.shape
+        assert np.array_equal(made[product], pixels[product])
+        assert not np.array_equal(made[~product], pixels[~product])

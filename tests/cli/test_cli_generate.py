@@ -138,3 +138,32 @@ def test_create_tiny_and_list_models(tmp_path, capsys):
     (row,) = json.loads(out)
     assert row["architecture"] == "sdxl-refiner"
     assert row["label"] == "ref (demo: random weights)"
+
+
+def test_generate_with_an_embedding_and_a_vae_file(tmp_path, tiny_models, capsys):
+    """Embeddings from <models-dir>/embeddings by name, a VAE file from anywhere, both in the infotext."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import save_file
+
+    from atelier.engine.convert import convert_vae
+    from atelier.engine.infotext import parse_infotext, read_infotext
+
+    model = tiny_models("sd15")
+    pipeline = StableDiffusionPipeline.from_pretrained(str(model))
+    ids = pipeline.tokenizer("blurry", add_special_tokens=False)["input_ids"]
+    (tmp_path / "models" / "embeddings").mkdir(parents=True)
+    vectors = pipeline.text_encoder.get_input_embeddings().weight[ids].detach().clone()
+    save_file({"emb_params": vectors}, str(tmp_path / "models" / "embeddings" / "soft.safetensors"))
+    vae_file = tmp_path / "elsewhere" / "my-vae.safetensors"
+    vae_file.parent.mkdir()
+    save_file({k: v.contiguous() for k, v in convert_vae(pipeline.vae.state_dict()).items()}, str(vae_file))
+    common = ["--model", str(model), "--models-dir", str(tmp_path / "models"), "--steps", "2"]
+    common += ["--width", "64", "--height", "64", "--seed", "3", "--out", str(tmp_path / "out")]
+    code, out, err = _run(capsys, "generate", "a coat", "--negative", "soft", "--vae", str(vae_file), *common)
+    assert code == 0, err
+    params = parse_infotext(read_infotext(out.split()[0]))
+    assert params["Negative prompt"] == "soft"
+    assert params["TI hashes"].startswith("soft: ") and params["VAE"] == "my-vae.safetensors"
+
+    code, _out, err = _run(capsys, "generate", "a coat", "--vae", "missing", *common)
+    assert code != 0 and "unknown VAE 'missing'" in err and "Traceback" not in err

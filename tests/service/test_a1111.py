@@ -536,3 +536,90 @@ def test_png_info_for_an_image_without_parameters(http):
 def test_wait_for_ready_after_work(api):
     api.txt2img(prompt="a bag", seed=1, **SMALL)
     wait_for(lambda: api.get_progress()["state"]["job_count"] == 0)
+
+
+def _word_vectors(base_model, words: str):
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline.from_pretrained(str(base_model))
+    ids = pipeline.tokenizer(words, add_special_tokens=False)["input_ids"]
+    return pipeline, pipeline.text_encoder.get_input_embeddings().weight[ids].detach().clone()
+
+
+def test_embeddings_and_external_vaes_by_name(served, api, http, tiny_models, tmp_path):
+    """An A1111 user's negative embedding and VAE: uploaded into models/, listed, used by name, recorded."""
+    import torch
+    from safetensors.torch import save_file
+
+    from atelier.engine.convert import convert_vae
+
+    server = served[0]
+    pipeline, vectors = _word_vectors(tiny_models("sd15"), "blurry ugly")
+    save_file({"emb_params": vectors.contiguous()}, str(tmp_path / "badpic.safetensors"))
+    generator = torch.Generator().manual_seed(5)
+    vae_state = {
+        key: value + 0.05 * torch.randn(value.shape, generator=generator)
+        for key, value in pipeline.vae.state_dict().items()
+    }
+    save_file(
+        {k: v.contiguous() for k, v in convert_vae(vae_state).items()}, str(tmp_path / "sharp.safetensors")
+    )
+    server.studio.storage.put_file("models/embeddings/badpic.safetensors", tmp_path / "badpic.safetensors")
+    server.studio.storage.put_file("models/vae/sharp.safetensors", tmp_path / "sharp.safetensors")
+    assert http.post("/sdapi/v1/refresh-embeddings").status_code == 200
+    assert http.post("/sdapi/v1/refresh-vae").status_code == 200
+
+    assert api.get_embeddings() == {
+        "loaded": {
+            "badpic": {
+                "step": None,
+                "sd_checkpoint": None,
+                "sd_checkpoint_name": None,
+                "shape": 32,
+                "vectors": 2,
+            }
+        },
+        "skipped": {},
+    }
+    assert [item["model_name"] for item in api.get_sd_vae()] == ["sharp.safetensors"]
+
+    named = api.txt2img(prompt="a jacket", negative_prompt="badpic", seed=3, **SMALL)
+    spelled = api.txt2img(prompt="a jacket", negative_prompt="blurry ugly", seed=3, **SMALL)
+    assert named.image.tobytes() == spelled.image.tobytes()
+    assert 'TI hashes: "badpic: ' in named.info["infotexts"][0]
+
+    plain = api.txt2img(prompt="a jacket", seed=3, **SMALL)
+    with_vae = api.txt2img(
+        prompt="a jacket", seed=3, override_settings={"sd_vae": "sharp.safetensors"}, **SMALL
+    )
+    assert with_vae.image.tobytes() != plain.image.tobytes()
+    assert "VAE: sharp.safetensors" in with_vae.info["infotexts"][0]
+    # A studio default through /options, as A1111's settings page sets it; "Automatic" puts the model's own back.
+    assert http.post("/sdapi/v1/options", json={"sd_vae": "sharp"}).status_code == 200
+    assert api.get_options()["sd_vae"] == "sharp.safetensors"
+    assert api.txt2img(prompt="a jacket", seed=3, **SMALL).image.tobytes() == with_vae.image.tobytes()
+    assert http.post("/sdapi/v1/options", json={"sd_vae": "Automatic"}).status_code == 200
+    assert api.txt2img(prompt="a jacket", seed=3, **SMALL).image.tobytes() == plain.image.tobytes()
+
+    unknown = http.post(
+        "/sdapi/v1/txt2img",
+        json={"prompt": "x", **SMALL, "override_settings": {"sd_vae": "nope.safetensors"}},
+    )
+    assert unknown.status_code == 404 and "sd_vae" in unknown.text and "sharp" in unknown.text
+
+
+def test_unload_and_reload_checkpoint_reach_the_workers(served, api, http):
+    studio = served[0].studio
+
+    def board():
+        return [worker for worker in studio.workers.live("generate")]
+
+    assert http.post("/sdapi/v1/unload-checkpoint").status_code == 200
+    wait_for(lambda: all(worker.state == "unloaded" and not worker.loaded_models for worker in board()))
+    # Unloaded on request is still ready: the next request loads what it needs, and reload must get through.
+    assert http.get("/api/health/ready").status_code == 200
+    assert api.txt2img(prompt="after unload", seed=1, **SMALL).image.size == (64, 64)
+    assert http.post("/sdapi/v1/unload-checkpoint").status_code == 200
+    wait_for(lambda: all(worker.state == "unloaded" for worker in board()))
+    assert http.post("/sdapi/v1/reload-checkpoint").status_code == 200
+    wait_for(lambda: all(worker.state == "ready" and worker.loaded_models for worker in board()))

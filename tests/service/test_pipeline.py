@@ -229,3 +229,47 @@ def test_a_canceled_run_resumes_where_it_stopped_and_a_failed_job_can_be_retried
     assert done["attempts"] == 1
     conflict = client.post(f"/api/jobs/{job['id']}/retry")
     assert conflict.status_code == 409 and conflict.json()["field"] == "job_id"
+
+
+def _uncaptioned_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for index, colour in enumerate(["yellow", "orange", "gold", "khaki"]):
+            image = io.BytesIO()
+            Image.new("RGB", (64, 64), colour).save(image, format="PNG")
+            archive.writestr(
+                f"1_oue jacket/{index}.png", image.getvalue()
+            )  # kohya's folder: class tokens only
+    return buffer.getvalue()
+
+
+def test_studio_training_captions_images_that_have_none(served, tiny_captioner):
+    """The Training tab's "describe images without a caption": the studio's captioning model writes them."""
+    import shutil
+
+    server, client = served
+    storage = server.studio.storage
+    toml = TINY_TRAINING + b'caption_missing = "clip"\n'
+    # Without a captioning model the upload is refused at once, naming the option.
+    refused = client.put("/api/training-data/jacket.toml", content=toml)
+    if refused.status_code < 400:  # the TOML alone is stored; the zip upload checks it
+        refused = client.put("/api/training-data/jacket.zip", content=_uncaptioned_zip())
+    assert (
+        refused.status_code == 404
+        and "caption_missing" in refused.text
+        and "models/captioning" in refused.text
+    )
+
+    shutil.copytree(tiny_captioner, storage.local_path("models/captioning/tiny-blip"))
+    assert client.put("/api/training-data/jacket.toml", content=toml).status_code < 300
+    queued = client.put("/api/training-data/jacket.zip", content=_uncaptioned_zip())
+    assert queued.status_code < 300, queued.text
+    job_id = queued.json()["job"]["id"] if "job" in queued.json() else queued.json()["id"]
+    done = wait_for(
+        lambda: (found := client.get(f"/api/jobs/{job_id}").json())["finished_at"] and found, timeout=240
+    )
+    assert done["state"] == "succeeded", done["error"]
+    summary = json.loads(storage.get_bytes(f"outputs/{job_id}/training.json"))
+    tags = summary["summary"]["dataset"]["tag_frequency"]["1_oue jacket"]
+    # Every image got a caption: the class tokens (kohya counts comma-separated tags), then the model's words.
+    assert tags.pop("oue jacket") == 4 and sum(tags.values()) >= 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -60,7 +61,17 @@ def test_trained_lora_tag_equals_diffusers_load_lora_weights(tiny_models, tmp_pa
         height=64,
         seed=11,
     )
-    ours = np.asarray(engine.generate(request).images[0].image, dtype=np.int16)
+    generated = engine.generate(request).images[0]
+    ours = np.asarray(generated.image, dtype=np.int16)
+    # What made the picture, for its Content Credentials: the LoRA, with the hash of the data it learned from.
+    [lora] = generated.provenance.generation["loras"]
+    lines = sorted(
+        f"{hashlib.sha256((images / f'car{index}.png').read_bytes()).hexdigest()} "
+        f"{hashlib.sha256(f'oue car, photo {index}'.encode()).hexdigest()} train"
+        for index in range(3)
+    )
+    assert lora["training"]["dataset_sha256"] == hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    assert lora["training"]["dataset_dirs"] == {"2_oue car": {"n_repeats": 2, "img_count": 3}}
 
     cls = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
     extra = {} if arch == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}

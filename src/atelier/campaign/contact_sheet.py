@@ -24,12 +24,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from PIL import Image, ImageDraw, ImageOps, PngImagePlugin
+from PIL import Image, ImageDraw, ImageOps
 
 from atelier.campaign.text import BUNDLED_FAMILIES, DEFAULT_FAMILY, FittedText, draw_fitted_text, fit_text
-from atelier.engine import parse_infotext, read_infotext
+from atelier.engine import (
+    Provenance,
+    combined_source_type,
+    parse_infotext,
+    read_infotext,
+    source_type_of,
+    write_image,
+)
 from atelier.errors import AtelierError, NotFoundError, UnsafeFileError
-from atelier.files import write_atomic, write_text_atomic
+from atelier.files import write_text_atomic
 from atelier.images import open_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -436,8 +443,10 @@ def build_contact_sheet(
     out_html: Path | None = None,
     png_path: Path | None = None,
     title: str | None = None,
+    signer: Any = None,
 ) -> Path:
-    """Write the contact sheet of ``dir`` (default ``dir/index.html``) and, with ``png_path``, a PNG grid.
+    """Write the contact sheet of ``dir`` (default ``dir/index.html``) and, with ``png_path``, a PNG grid
+    (signed with Content Credentials by ``signer``, an ``atelier.engine.ContentSigner``, when given).
 
     Returns the HTML file's path.
     """
@@ -449,7 +458,18 @@ def build_contact_sheet(
     write_text_atomic(html_path, render_html(sections, sheet_title, html_path.parent))
     if png_path is not None:
         grid = render_grid_png(sections, sheet_title)
-        info = PngImagePlugin.PngInfo()
-        info.add_text(SHEET_MARKER, sheet_title)
-        write_atomic(Path(png_path), lambda temp: grid.save(temp, format="PNG", pnginfo=info))
+        provenance = _grid_provenance(sections)
+        write_image(Path(png_path), grid, provenance, text={SHEET_MARKER: sheet_title}, signer=signer)
     return html_path
+
+
+def _grid_provenance(sections: list[SheetSection]) -> Provenance:
+    """The grid is a composition of its pictures: AI-made when any of them says it is (XMP or infotext)."""
+    types = []
+    for image in (image for section in sections for group in section.groups for image in group.images):
+        try:
+            with open_image(image.path, field="images", label=str(image.path), load=False) as opened:
+                types.append(source_type_of(opened))
+        except (AtelierError, OSError):
+            continue  # an unreadable tile shows nothing
+    return Provenance(combined_source_type(types))

@@ -21,15 +21,19 @@ from atelier.errors import AtelierError
 COMMAND_MODULES = [
     "atelier.cli.generate",
     "atelier.cli.info",
+    "atelier.cli.verify",
+    "atelier.cli.provenance",
     "atelier.cli.models",
     "atelier.cli.train",
     "atelier.cli.prompt",
     "atelier.cli.ad",
     "atelier.cli.batch",
+    "atelier.cli.product",
     "atelier.cli.sheet",
     "atelier.cli.serve",
     "atelier.cli.worker",
     "atelier.cli.keys",
+    "atelier.cli.db",
 ]
 
 

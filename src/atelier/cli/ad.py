@@ -31,11 +31,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from atelier.campaign.ad import compose_ad, load_ad_spec
     from atelier.campaign.templates import load_template
+    from atelier.cli.common import content_signer
 
     spec = load_ad_spec(args.spec)
     # A template path given on the command line is relative to where the command runs, not to the spec.
     template = load_template(args.template, Path.cwd()) if args.template else None
-    result = compose_ad(spec, args.out, template=template, make_video=not args.no_video)
+    result = compose_ad(
+        spec, args.out, template=template, make_video=not args.no_video, signer=content_signer()
+    )
     for channel in result.channels:
         size = f"{channel.channel.width}x{channel.channel.height}"
         print(f"wrote {channel.path} ({size}, {result.template} template, {channel.orientation} layout)")

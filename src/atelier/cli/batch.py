@@ -7,7 +7,14 @@ import os
 import sys
 from pathlib import Path
 
-from atelier.cli.common import DEFAULT_DATA_DIR, lora_library, quiet_libraries
+from atelier.cli.common import (
+    DEFAULT_DATA_DIR,
+    add_format_options,
+    content_signer,
+    lora_library,
+    quiet_libraries,
+    sam_segmenter,
+)
 
 API_KEY_VARIABLE = "ATELIER_API_KEY"
 
@@ -18,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="generate catalog images: every CSV row in every scene, resumable",
         description=(
             "Generate an image for every catalog row x scene x seed. CATALOG.csv has a 'sku' column, optional "
-            "'image' and 'mask' columns (a product photo and its mask, relative to the CSV, for inpainting) "
+            "'image' and 'mask' columns (a product photo and its mask, relative to the CSV, for inpainting; "
+            "a photo without a mask is cut out automatically: its transparency, else a SAM model) "
             "and attribute columns used as {placeholders} in the scenes' prompts. Images go to "
             "DIR/<sku>/<scene>/, each listed in DIR/manifest.jsonl; a re-run makes only what is missing. "
             "Exit status: 0 all done, 1 some rows failed, 2 unusable arguments or files."
@@ -30,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model", required=True, help="model name in the models folder (or the studio's), or a path"
     )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    add_format_options(parser)
     parser.add_argument("--models-dir", type=Path, default=DEFAULT_DATA_DIR / "models", help="models folder")
     parser.add_argument("--lora-dir", type=Path, default=None, help="LoRA folder (default: models folder)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -44,6 +53,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--no-sheet", action="store_true", help="do not write the DIR/index.html contact sheet"
+    )
+    parser.add_argument(
+        "--segmentation-model",
+        default=None,
+        help="SAM model (name in <models-dir>/segmentation, or a path) that cuts out opaque photos of rows "
+        "without a mask (default: the first one there; photos with transparency need none)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run, uses_models=True)
@@ -62,8 +77,11 @@ def run(args: argparse.Namespace) -> int:
         run_batch,
     )
     from atelier.campaign.contact_sheet import build_contact_sheet
+    from atelier.engine import check_output_format
 
     # The files first, so a typo is reported before a model loads or a studio is called.
+    output_format = check_output_format(args.format, args.quality)
+    signer = content_signer()
     catalog = load_catalog(args.catalog)
     scenes = load_scenes(args.scenes)
     backend: StudioBackend | EngineBackend
@@ -95,7 +113,18 @@ def run(args: argparse.Namespace) -> int:
         )
         for problem in plan.problems:
             report(problem)
-        summary = run_batch(plan, backend, on_problem=report, progress=not args.no_progress)
+        summary = run_batch(
+            plan,
+            backend,
+            on_problem=report,
+            progress=not args.no_progress,
+            output_format=output_format,
+            quality=args.quality,
+            signer=signer,
+            segmenter=sam_segmenter(
+                args.models_dir, args.segmentation_model, args.device, what="opaque photos without a mask"
+            ),
+        )
     finally:
         if isinstance(backend, StudioBackend):
             backend.close()

@@ -53,3 +53,55 @@ def quiet_libraries() -> None:
     transformers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def content_signer():
+    """The Content Credentials signer that ``ATELIER_C2PA_CERT`` with ``ATELIER_C2PA_KEY`` (or
+    ``ATELIER_C2PA_SIGN_CALLBACK``) name, the studio's settings of the same names; None when unset."""
+    from atelier.engine import signer_from_settings
+
+    return signer_from_settings(
+        cert=os.environ.get("ATELIER_C2PA_CERT") or None,
+        key=os.environ.get("ATELIER_C2PA_KEY") or None,
+        callback=os.environ.get("ATELIER_C2PA_SIGN_CALLBACK") or None,
+        algorithm=os.environ.get("ATELIER_C2PA_ALGORITHM") or None,
+        tsa_url=os.environ.get("ATELIER_C2PA_TSA_URL") or None,
+    )
+
+
+def add_format_options(parser) -> None:
+    """``--format`` and ``--quality``: what e-commerce uploads want (JPEG, WebP) besides A1111's PNG."""
+    parser.add_argument(
+        "--format",
+        default="png",
+        choices=["png", "jpeg", "jpg", "webp"],
+        help="image file format (default png; jpeg and webp keep the infotext in EXIF, as A1111 does)",
+    )
+    parser.add_argument("--quality", type=int, default=None, help="jpeg / webp quality, 1-100 (default 90)")
+
+
+def sam_segmenter(models_dir: Path, name: str | None, device: str | None, *, what: str):
+    """A SAM segmenter for cut-outs: ``name`` (a folder in ``<models-dir>/segmentation`` or a path), else the
+    first model there; None when there is none. Prints which model cuts ``what`` out, with its licence."""
+    from atelier.campaign.product import (
+        SamSegmenter,
+        list_segmentation_models,
+        read_segmentation_model,
+        segmentation_model,
+    )
+
+    root = Path(models_dir) / "segmentation"
+    if name:
+        path = Path(name)
+        model = read_segmentation_model(path) if path.is_dir() else segmentation_model(root, name)
+    else:
+        found = list_segmentation_models(root)
+        if not found:
+            return None
+        model = found[0]
+    print(f"cutting out {what} with {model.name} (licence: {model.license})")
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return SamSegmenter(model, device=device)

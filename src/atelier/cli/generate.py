@@ -5,8 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
-from atelier.cli.common import DEFAULT_DATA_DIR, load_image, lora_library, quiet_libraries, writable_folder
+from atelier.cli.common import (
+    DEFAULT_DATA_DIR,
+    add_format_options,
+    content_signer,
+    load_image,
+    lora_library,
+    quiet_libraries,
+    writable_folder,
+)
 from atelier.errors import AtelierError
 from atelier.files import write_atomic
 
@@ -23,6 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="LoRA folder for <lora:name:w> (default: the models folder, then atelier-data/training)",
     )
+    p.add_argument(
+        "--embeddings-dir",
+        type=Path,
+        default=None,
+        help="textual inversion embeddings used by name in prompts (default: <models-dir>/embeddings)",
+    )
+    p.add_argument("--vae", help="an external VAE: a name in <models-dir>/vae, or a .safetensors path")
     p.add_argument("--seed", type=int, default=-1, help="seed; -1 = random. Image i of a batch uses seed+i")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=7.0, help="CFG scale")
@@ -99,6 +115,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--control-preview", type=Path, default=None, help="also write the preprocessed control maps here"
     )
     p.add_argument("--out", type=Path, default=DEFAULT_DATA_DIR / "outputs", help="output folder")
+    add_format_options(p)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.set_defaults(func=run, uses_models=True)
 
@@ -107,9 +124,12 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from atelier.engine import (
+        EmbeddingLibrary,
         Engine,
         GenerationRequest,
+        Ingredient,
         ModelLibrary,
+        check_output_format,
         detect_architecture,
         resolve_sampler,
         save_image,
@@ -117,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
 
     # Cheap checks first, so a typo does not wait for torch and a model to load.
     resolve_sampler(args.sampler, args.schedule_type)
+    output_format = check_output_format(args.format, args.quality)
+    signer = content_signer()
     init = load_image(args.init, what="init image") if args.init else None
     mask = load_image(args.mask, what="mask") if args.mask else None
     writable_folder(args.out, what="--out")
@@ -153,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
         refiner_switch_at=args.refiner_switch,
         controlnet_units=controlnet_units,
     )
+    vaes, request.vae = _vae_choice(args.vae, args.models_dir)
     request.validate()
     detect_architecture(model_path)  # refuses pickles and non-checkpoints before anything loads
     if refiner_path:
@@ -160,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine(
         device=args.device,
         loras=lora_library(args.lora_dir, args.models_dir),
+        embeddings=EmbeddingLibrary(args.embeddings_dir or args.models_dir / "embeddings"),
+        vaes=vaes,
         preprocessor_models=args.preprocessor_models,
     )
     with tqdm(total=1, unit="step", desc="generating", dynamic_ncols=True) as bar:
@@ -170,8 +195,17 @@ def run(args: argparse.Namespace) -> int:
             bar.refresh()
 
         result = engine.generate(request, on_step=on_step)
+    # Signed outputs name the photo they came from as their parent ingredient.
+    photo = (Ingredient(args.init.name, args.init.read_bytes(), "parentOf"),) if signer and args.init else ()
     for item in result.images:
-        path = save_image(item, args.out)
+        path = save_image(
+            item,
+            args.out,
+            output_format=output_format,
+            quality=args.quality,
+            signer=signer,
+            ingredients=photo,
+        )
         print(f"{path}  seed={item.seed}")
     if args.control_preview is not None:
         for index, (unit, control_map) in enumerate(zip(controlnet_units, result.control_maps, strict=True)):
@@ -281,3 +315,15 @@ def _default_model(library) -> Path:
         )
         library.ensure_demo()
     return library.default()
+
+
+def _vae_choice(vae: str | None, models_dir: Path) -> tuple[Any, str | None]:
+    """``--vae``: a file anywhere (the user's own CLI files may live anywhere) or a name in models/vae."""
+    from atelier.engine import VaeLibrary
+
+    if not vae:
+        return None, None
+    path = Path(vae)
+    if path.suffix == ".safetensors" and path.is_file():
+        return VaeLibrary(path.parent), path.stem
+    return VaeLibrary(models_dir / "vae"), vae

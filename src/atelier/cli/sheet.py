@@ -27,8 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from atelier.campaign.contact_sheet import build_contact_sheet
+    from atelier.cli.common import content_signer
 
-    html_path = build_contact_sheet(args.dir, out_html=args.out, png_path=args.png, title=args.title)
+    signer = content_signer() if args.png else None
+    html_path = build_contact_sheet(
+        args.dir, out_html=args.out, png_path=args.png, title=args.title, signer=signer
+    )
     print(f"wrote {html_path}")
     if args.png:
         print(f"wrote {args.png}")

@@ -84,6 +84,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"run folder (default: {DEFAULT_DATA_DIR}/training/<output_name>)",
     )
     p.add_argument("--resume", action="store_true", help="continue the run saved in the run folder")
+    p.add_argument(
+        "--rights",
+        type=Path,
+        metavar="TOML",
+        help="the images' rights record (owner, depicts_people, [[consent]] per person shown; README, 'Training "
+        "rights and consent'), written into the LoRA's metadata; default: rights.toml in DATA",
+    )
+    p.add_argument(
+        "--caption-missing",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="MODEL",
+        help="before training, caption the images that have no caption with a captioning model (BLIP, "
+        "Florence-2), in the run's copy of the data: the first model in MODELS_DIR/captioning/, or MODEL (a "
+        "name there, or a folder); write it after DATA",
+    )
+    p.add_argument(
+        "--models-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR / "models",
+        help="models folder, whose captioning/ holds the captioning models",
+    )
     settings = p.add_argument_group("training settings (kohya names; dashes or underscores)")
     help_texts = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(TrainConfig)}
     for name in FIELD_NAMES:
@@ -104,6 +127,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from atelier.training import load_train_config
 
+    caption_model = _caption_model(args.caption_missing, args.models_dir)
     config = load_train_config(args.config, preset=args.preset, overrides=_overrides(args))
     data = args.data or (Path(config.train_data_dir) if config.train_data_dir else None)
     base = args.base or (
@@ -119,7 +143,44 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or (
         Path(config.output_dir) if config.output_dir else DEFAULT_DATA_DIR / "training" / config.output_name
     )
-    return _train(config, data=data, base=base, dataset_config=dataset_config, out=out, resume=args.resume)
+    rights = _rights(args.rights, data)
+    return _train(
+        config,
+        data=data,
+        base=base,
+        dataset_config=dataset_config,
+        out=out,
+        resume=args.resume,
+        caption_model=caption_model,
+        rights=rights,
+    )
+
+
+def _rights(path: Path | None, data: Path | None) -> Any:
+    """The rights record: ``--rights FILE``, else the data's own ``rights.toml`` (checked: images that depict
+    people need a consent entry); None without either."""
+    from atelier.training import find_rights, read_rights
+
+    if path is not None:
+        return read_rights(path)
+    found = find_rights(data) if data is not None else None
+    if found is None:
+        print("note: no rights record (--rights rights.toml, or rights.toml in DATA): the LoRA carries none")
+    return found
+
+
+def _caption_model(value: str | None, models_dir: Path) -> Path | None:
+    """The folder of ``--caption-missing [MODEL]``: a path as given, else a name in models_dir/captioning/."""
+    if value is None:
+        return None
+    if "/" in value or "\\" in value:
+        folder = Path(value)
+        if not folder.is_dir():
+            raise AtelierError(f"captioning model folder not found: {folder}", field="caption_missing")
+        return folder
+    from atelier.engine import find_captioning_model
+
+    return find_captioning_model(models_dir, value or None)
 
 
 def _train(
@@ -130,6 +191,8 @@ def _train(
     dataset_config: Path | None,
     out: Path,
     resume: bool,
+    caption_model: Path | None = None,
+    rights: Any = None,
 ) -> int:
     from tqdm import tqdm
 
@@ -170,6 +233,8 @@ def _train(
             on_progress=on_progress,
             should_stop=lambda: stop_requested,
             log=tqdm.write,
+            caption_model=caption_model,
+            rights=rights,
         )
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -184,5 +249,10 @@ def _train(
     print(f"LoRA (diffusers): {result.diffusers_file}")
     for path in result.epoch_files:
         print(f"epoch LoRA: {path}")
+    if caption_model is not None:
+        folder = result.run_dir / "dataset"
+        print(f"captions written by {caption_model.name}: {len(result.captioned)}, in {folder}")
+    if rights is not None:
+        print(f"rights record ({rights.source}): owner {rights.owner}, written into the LoRA's metadata")
     print(f"run folder: {result.run_dir}")
     return 0

@@ -20,7 +20,11 @@ from atelier.cli.serve import add_studio_arguments, studio_config
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("worker", help="run jobs from the studio's queue", description=__doc__)
     add_studio_arguments(p)
-    p.add_argument("--kinds", default="generate,train", help="job kinds to take (default generate,train)")
+    p.add_argument(
+        "--kinds",
+        default="generate,train,caption,product",
+        help="job kinds to take (default generate,train,caption,product)",
+    )
     p.add_argument("--worker-id", default=None, help="unique id (default: host-pid-random)")
     p.add_argument("--lease", type=float, default=None, help="job lease in seconds (default 30)")
     p.add_argument("--poll", type=float, default=None, help="queue poll interval in seconds when busy")

@@ -8,7 +8,8 @@ command line stays quick for commands that need no model.
 The modules, for reading: ``paths`` (names, pickle refusal, headers), ``architectures``, ``models`` (detect,
 validate, load, hash), ``cache`` (warm models), ``library`` (models in folders by name), ``tokenizer``,
 ``tiny``, ``convert``, ``samplers``, ``conditioning``, ``loras``, ``controlnet``, ``preprocessors``,
-``masks``, ``request``, ``generate``, ``infotext``, ``output``, ``versions``.
+``masks``, ``request``, ``generate``, ``infotext``, ``output``, ``provenance`` (AI disclosure, the one
+image encoder), ``credentials`` (C2PA), ``sources`` (what made a picture), ``versions``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,15 @@ _EXPORTS = {
     "check_libraries": "versions",
     # generation
     "Engine": "generate",
+    "CAPTIONING_FOLDER": "captioning",
+    "Captioner": "captioning",
+    "captioning_model_hint": "captioning",
+    "find_captioning_model": "captioning",
+    "list_captioning_models": "captioning",
     "LinearPreview": "previews",
+    "check_same_size": "masks",
+    "composite_over_original": "masks",
+    "fill_masked": "masks",
     "BUILTIN_UPSCALERS": "upscalers",
     "check_upscaler_name": "upscalers",
     "upscale": "upscalers",
@@ -68,6 +77,12 @@ _EXPORTS = {
     "resolve_sampler": "samplers",
     "supported_schedule_types": "samplers",
     "DIFFUSERS_LORA_FILE": "loras",
+    "Embedding": "embeddings",
+    "EmbeddingLibrary": "embeddings",
+    "embedding_family": "embeddings",
+    "VaeLibrary": "vae",
+    "is_vae_keys": "vae",
+    "vae_sha256": "vae",
     "LoraLibrary": "loras",
     "inspect_lora": "loras",
     "lora_sha256": "loras",
@@ -91,6 +106,27 @@ _EXPORTS = {
     "write_png": "infotext",
     "output_filename": "output",
     "save_image": "output",
+    # AI disclosure and Content Credentials
+    "COMPOSITE": "provenance",
+    "DEFAULT_QUALITY": "provenance",
+    "GENERATED": "provenance",
+    "MIXED": "provenance",
+    "OUTPUT_FORMATS": "provenance",
+    "Ingredient": "provenance",
+    "Provenance": "provenance",
+    "check_output_format": "provenance",
+    "combined_source_type": "provenance",
+    "convert_image": "provenance",
+    "declared_source_type": "provenance",
+    "encode_image": "provenance",
+    "finish_file": "provenance",
+    "sniff_mime": "provenance",
+    "source_type_of": "provenance",
+    "write_image": "provenance",
+    "ContentSigner": "credentials",
+    "Credentials": "credentials",
+    "read_credentials": "credentials",
+    "signer_from_settings": "credentials",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -107,6 +143,13 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         SDXL_ARCHITECTURES,
         base_family,
     )
+    from atelier.engine.captioning import (
+        CAPTIONING_FOLDER,
+        Captioner,
+        captioning_model_hint,
+        find_captioning_model,
+        list_captioning_models,
+    )
     from atelier.engine.controlnet import (
         CONTROL_MODES,
         ControlNetLibrary,
@@ -114,11 +157,14 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         detect_controlnet_architecture,
     )
     from atelier.engine.convert import save_single_file, unet_key
+    from atelier.engine.credentials import ContentSigner, Credentials, read_credentials, signer_from_settings
+    from atelier.engine.embeddings import Embedding, EmbeddingLibrary, embedding_family
     from atelier.engine.generate import Engine, GeneratedImage
     from atelier.engine.hires import LATENT_UPSCALE_MODES
     from atelier.engine.infotext import format_infotext, parse_infotext, read_infotext, write_png
     from atelier.engine.library import DEMO_MODEL_NAME, ModelLibrary
     from atelier.engine.loras import DIFFUSERS_LORA_FILE, LoraLibrary, inspect_lora, lora_sha256
+    from atelier.engine.masks import check_same_size, composite_over_original, fill_masked
     from atelier.engine.models import (
         LoadedModel,
         ModelCache,
@@ -143,6 +189,24 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     )
     from atelier.engine.previews import LinearPreview, PreviewDecoders, TaesdPreview
     from atelier.engine.progress import GenerationCanceled
+    from atelier.engine.provenance import (
+        COMPOSITE,
+        DEFAULT_QUALITY,
+        GENERATED,
+        MIXED,
+        OUTPUT_FORMATS,
+        Ingredient,
+        Provenance,
+        check_output_format,
+        combined_source_type,
+        convert_image,
+        declared_source_type,
+        encode_image,
+        finish_file,
+        sniff_mime,
+        source_type_of,
+        write_image,
+    )
     from atelier.engine.request import INPAINTING_FILL_MODES, GenerationRequest
     from atelier.engine.samplers import (
         SAMPLER_NAMES,
@@ -159,4 +223,5 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         tile_boxes,
         upscale,
     )
+    from atelier.engine.vae import VaeLibrary, is_vae_keys, vae_sha256
     from atelier.engine.versions import check_libraries

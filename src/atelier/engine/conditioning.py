@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from atelier.engine.embeddings import CLIP_G, CLIP_L, Embedding, EmbeddingTable, embedding_vectors_in_place
 from atelier.prompts.chunks import chunk_tokens, pad_chunk, token_runs
 from atelier.prompts.parser import (
     parse_attention,
@@ -56,6 +57,8 @@ class _EncoderSlot:
     sdxl: bool
     pooled: bool
     comma: int | None = None
+    # Textual inversion embeddings the request's prompts name, for this encoder (None: no embeddings).
+    embeddings: EmbeddingTable | None = None
 
     def __post_init__(self) -> None:
         # Chunks break after a comma when they can (A1111's comma backtrack).
@@ -66,7 +69,9 @@ class _EncoderSlot:
 class PromptEncoder:
     """Encodes prompt texts for one pipeline (SD 1.5: one CLIP; SDXL: two; SDXL refiner: the second only)."""
 
-    def __init__(self, pipeline: Any, *, clip_skip: int = 1) -> None:
+    def __init__(
+        self, pipeline: Any, *, clip_skip: int = 1, embeddings: list[Embedding] | None = None
+    ) -> None:
         self.clip_skip = clip_skip
         self.slots: list[_EncoderSlot] = []
         sdxl = hasattr(pipeline, "text_encoder_2")
@@ -74,6 +79,12 @@ class PromptEncoder:
             self.slots.append(_EncoderSlot(pipeline.tokenizer, pipeline.text_encoder, sdxl, pooled=False))
         if sdxl and getattr(pipeline, "text_encoder_2", None) is not None:
             self.slots.append(_EncoderSlot(pipeline.tokenizer_2, pipeline.text_encoder_2, True, pooled=True))
+        if embeddings:
+            for slot in self.slots:
+                # SDXL's second encoder (and the refiner's only one) is OpenCLIP bigG: the embeddings' clip_g.
+                key = CLIP_G if slot.pooled else CLIP_L
+                width = slot.text_encoder.get_input_embeddings().weight.shape[-1]
+                slot.embeddings = EmbeddingTable(embeddings, slot.tokenizer, key, width) or None
         self.device = pipeline.unet.device
         self.dtype = pipeline.unet.dtype
         self._cache: dict[str, EncodedText] = {}
@@ -109,11 +120,12 @@ class PromptEncoder:
         self, slot: _EncoderSlot, runs: list[tuple[str, float]]
     ) -> list[tuple[list[int], list[float]]]:
         def encode(texts: list[str]) -> list[list[int]]:
-            return (
-                slot.tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
-                if texts
-                else []
-            )
+            if not texts:
+                return []
+            ids = slot.tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
+            if slot.embeddings is not None:
+                ids = [slot.embeddings.replace(list(row)) for row in ids]
+            return ids
 
         return chunk_tokens(token_runs(runs, encode), slot.comma, chunk_size=CHUNK_TOKENS)
 
@@ -130,8 +142,9 @@ class PromptEncoder:
         rows = [tokens for tokens, _ in padded]
         weights = [multipliers for _, multipliers in padded]
         input_ids = torch.tensor(rows, dtype=torch.long, device=slot.text_encoder.device)
-        # Hidden states are only needed below the last layer (SDXL, clip skip); skip collecting them otherwise.
-        output = slot.text_encoder(input_ids, output_hidden_states=slot.sdxl or self.clip_skip > 1)
+        with embedding_vectors_in_place(slot.text_encoder, input_ids, slot.embeddings) as readable_ids:
+            # Hidden states are only needed below the last layer (SDXL, clip skip); skip them otherwise.
+            output = slot.text_encoder(readable_ids, output_hidden_states=slot.sdxl or self.clip_skip > 1)
         if slot.sdxl:
             hidden = output.hidden_states[-(self.clip_skip + 1)]
         elif self.clip_skip > 1:

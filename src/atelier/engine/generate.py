@@ -32,6 +32,7 @@ from atelier.engine.controlnet import (
     controlnet_pipeline,
     pipeline_inputs,
 )
+from atelier.engine.embeddings import Embedding, EmbeddingLibrary
 from atelier.engine.hires import hires_infotext, is_latent_upscaler, second_pass
 from atelier.engine.infotext import format_infotext
 from atelier.engine.loras import LoraLibrary, apply_loras
@@ -45,10 +46,13 @@ from atelier.engine.progress import (
     StepCallback,
     StepProgress,
 )
+from atelier.engine.provenance import Provenance
 from atelier.engine.request import GenerationRequest
 from atelier.engine.request_prompts import RequestPrompts
 from atelier.engine.samplers import make_scheduler, resolve_sampler
+from atelier.engine.sources import generation_provenance
 from atelier.engine.tiling import seamless
+from atelier.engine.vae import VaeLibrary, swapped_vae
 from atelier.errors import AtelierError, NotFoundError
 
 
@@ -58,6 +62,8 @@ class GeneratedImage:
     seed: int
     infotext: str
     params: dict[str, Any]
+    # What it is and what made it, for its AI disclosure and Content Credentials (engine/provenance.py).
+    provenance: Provenance | None = None
 
 
 @dataclass
@@ -119,6 +125,8 @@ class Engine:
         dtype: torch.dtype | None = None,
         models: ModelSource | None = None,
         loras: LoraLibrary | None = None,
+        embeddings: EmbeddingLibrary | None = None,
+        vaes: VaeLibrary | None = None,
         controlnets: ControlNetLibrary | None = None,
         controlnet_models: ControlNetCache | None = None,
         preprocessor_models: str | os.PathLike[str] | None = None,
@@ -129,6 +137,8 @@ class Engine:
         self.dtype = dtype or default_dtype(self.device)
         self.models: ModelSource = models or ModelCache()
         self.loras = loras
+        self.embeddings = embeddings
+        self.vaes = vaes
         # Without a library, ControlNet units name their model by path (the CLI resolves names itself).
         self.controlnets = controlnets
         self.controlnet_models = controlnet_models or ControlNetCache(max_models=max(max_controlnet_units, 1))
@@ -157,11 +167,12 @@ class Engine:
         if not request.model:
             raise AtelierError("no model given", field="model")
         sampler, schedule_type = resolve_sampler(request.sampler, request.schedule_type)
-        prompt = RequestPrompts.parse(request, self.loras)
+        prompt = RequestPrompts.parse(request, self.loras, self.embeddings)
         model = self.load(request.model)
         refiner = self._load_refiner(request, model)
         controls = self._load_controls(request, model)
         apply_loras(model.pipeline, model.loaded_loras, prompt.loras)
+        vae = self._load_vae(request, model)
         first_seed = request.resolved_seed()
         total_images = request.batch_size * request.batch_count
         progress = StepProgress(
@@ -174,12 +185,16 @@ class Engine:
                 preview_every,
             )
         run = _Run(request, prompt, model, refiner, sampler, schedule_type, progress, controls)
+        run.vae_hash = vae[1] if vae else None
         result = GenerationResult()
         pipelines = [model.pipeline, *([refiner.pipeline] if refiner else [])]
         for batch_index in range(request.batch_count):
             seeds = [first_seed + batch_index * request.batch_size + i for i in range(request.batch_size)]
             try:
-                with seamless(pipelines) if request.tiling else contextlib.nullcontext():
+                with (
+                    seamless(pipelines) if request.tiling else contextlib.nullcontext(),
+                    swapped_vae(model, vae[0] if vae else None),
+                ):
                     images = self._run_batch(run, seeds)
             except GenerationCanceled as stop:
                 # What A1111's interrupt returns: the finished batches and this one as it is now.
@@ -195,10 +210,11 @@ class Engine:
         self, run: _Run, result: GenerationResult, images: list[Image.Image], seeds: list[int]
     ) -> None:
         request = run.request
+        provenance = generation_provenance(run)
         for image, seed in zip(images, seeds, strict=False):
             params = self._infotext_params(run, seed, image)
             infotext = format_infotext(request.prompt, request.negative_prompt, params)
-            result.images.append(GeneratedImage(image=image, seed=seed, infotext=infotext, params=params))
+            result.images.append(GeneratedImage(image, seed, infotext, params, provenance))
 
     # -- one batch -------------------------------------------------------------------------------------------
 
@@ -255,6 +271,7 @@ class Engine:
             prompt.hires_negative,
             request,
             int(steps * request.denoising_strength),
+            prompt.embeddings,
         )
         with torch.inference_mode(), conditioning.attached(pipeline.unet):
             return second_pass(
@@ -438,7 +455,9 @@ class Engine:
         sampler, schedule_type = run.sampler, run.schedule_type
         pipeline.scheduler = make_scheduler(sampler, run.model.scheduler_config, schedule_type)
         steps = self._first_pass_steps(request)
-        conditioning = self._encode(pipeline, prompt.positive, prompt.negative, request, steps)
+        conditioning = self._encode(
+            pipeline, prompt.positive, prompt.negative, request, steps, prompt.embeddings
+        )
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         call_kwargs: dict[str, Any] = {
             **conditioning.kwargs,
@@ -461,7 +480,12 @@ class Engine:
         refine_pipeline = refiner.pipeline
         refine_pipeline.scheduler = make_scheduler(sampler, refiner.scheduler_config, schedule_type)
         refine_conditioning = self._encode(
-            refine_pipeline, prompt.refiner_positive, prompt.refiner_negative, request, request.steps
+            refine_pipeline,
+            prompt.refiner_positive,
+            prompt.refiner_negative,
+            request,
+            request.steps,
+            prompt.embeddings,
         )
         with torch.inference_mode(), refine_conditioning.attached(refine_pipeline.unet):
             return refine_pipeline(
@@ -477,9 +501,15 @@ class Engine:
             ).images
 
     def _encode(
-        self, pipeline: Any, positive: str, negative: str, request: GenerationRequest, steps: int
+        self,
+        pipeline: Any,
+        positive: str,
+        negative: str,
+        request: GenerationRequest,
+        steps: int,
+        embeddings: list[Embedding],
     ) -> Conditioning:
-        encoder = PromptEncoder(pipeline, clip_skip=request.clip_skip)
+        encoder = PromptEncoder(pipeline, clip_skip=request.clip_skip, embeddings=embeddings)
         zero_empty_negative = bool(getattr(pipeline.config, "force_zeros_for_empty_prompt", False))
         with torch.inference_mode():
             return build_conditioning(
@@ -490,6 +520,15 @@ class Engine:
                 zero_empty_negative=zero_empty_negative,
                 cfg=request.cfg_scale > 1.0,
             )
+
+    def _load_vae(self, request: GenerationRequest, model: LoadedModel) -> tuple[Any, str] | None:
+        if not request.vae:
+            return None
+        if self.vaes is None:
+            raise AtelierError(
+                f"the request names VAE {request.vae!r}, but no VAE folder is set up", field="sd_vae"
+            )
+        return self.vaes.load(request.vae, model)
 
     def _load_refiner(self, request: GenerationRequest, model: LoadedModel) -> LoadedModel | None:
         if not request.refiner:
@@ -532,6 +571,10 @@ class Engine:
             else f"{image.width}x{image.height}",
             "Model hash": model.short_hash,
             "Model": model.name,
+            "VAE hash": run.vae_hash,
+            "VAE": f"{Path(request.vae).name.removesuffix('.safetensors')}.safetensors"
+            if request.vae
+            else None,
             "Denoising strength": (
                 request.denoising_strength if request.mode != "txt2img" or request.enable_hr else None
             ),
@@ -554,6 +597,10 @@ class Engine:
         if prompt.loras:
             params["Lora hashes"] = ", ".join(
                 f"{lora.entry.name}: {lora.entry.short_hash}" for lora in prompt.loras
+            )
+        if prompt.embeddings:
+            params["TI hashes"] = ", ".join(
+                f"{embedding.name}: {embedding.short_hash}" for embedding in prompt.embeddings
             )
         if refiner is not None:
             params["Refiner"] = f"{refiner.name} [{refiner.short_hash}]"
@@ -580,6 +627,7 @@ class _Run:
     controls: list[ResolvedControl] = field(default_factory=list)
     # Made in the first batch, reused by the others: the same units, sizes and crop every time.
     control_maps: list[Image.Image] | None = None
+    vae_hash: str | None = None  # the request's external VAE, for the infotext
 
     @property
     def active_controls(self) -> list[ResolvedControl]:

@@ -25,12 +25,15 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from atelier.errors import NotFoundError
-from atelier.files import write_atomic
 from atelier.images import open_image
+
+if TYPE_CHECKING:
+    from atelier.engine.provenance import Provenance
 
 PARAMETERS_KEY = "parameters"
 NEGATIVE_PROMPT_PREFIX = "Negative prompt:"
@@ -124,21 +127,22 @@ def write_png(
     image: Image.Image,
     infotext: str,
     extra: dict[str, str] | None = None,
+    *,
+    provenance: Provenance | None = None,
 ) -> None:
     """Save ``image`` as PNG with ``infotext`` in the ``parameters`` text chunk, atomically.
 
     ``extra`` adds more text chunks. Text that Latin-1 cannot encode goes into UTF-8 ``iTXt`` chunks, as
-    A1111 does, so any prompt survives.
+    A1111 does, so any prompt survives. The XMP AI disclosure of ``provenance`` is added (default: made from
+    a prompt), by the one image encoder, :func:`atelier.engine.provenance.encode_image`.
     """
-    target = Path(path)
-    png_info = PngImagePlugin.PngInfo()
-    png_info.add_text(PARAMETERS_KEY, infotext)
-    for key, value in (extra or {}).items():
-        if key == PARAMETERS_KEY:
-            raise ValueError(f"extra text chunk {PARAMETERS_KEY!r} would replace the infotext")
-        png_info.add_text(key, value)
+    from atelier.engine.provenance import GENERATED, Provenance, write_image
 
-    write_atomic(target, lambda temp: image.save(temp, format="PNG", pnginfo=png_info))
+    if extra and PARAMETERS_KEY in extra:
+        raise ValueError(f"extra text chunk {PARAMETERS_KEY!r} would replace the infotext")
+    write_image(
+        path, image, provenance or Provenance(GENERATED), output_format="png", infotext=infotext, text=extra
+    )
 
 
 def read_infotext(path_or_image: str | os.PathLike[str] | Image.Image) -> str | None:

@@ -42,7 +42,7 @@ _LORA_MARKERS = ("lora_down", "lora_up", "lora_A", "lora_B", "lora.down", "lora.
 
 
 def safetensors_kind(path: Path, header: dict[str, Any] | None = None) -> str:
-    """ "checkpoint" or "lora" for a ``.safetensors`` file, from its header alone.
+    """ "checkpoint", "lora", "embedding" or "vae" for a ``.safetensors`` file, from its header alone.
 
     The one rule every place uses (the CLI's model and LoRA folders, the studio's registry), so that no two of
     them can disagree about a file: UNet weights under ``model.diffusion_model.`` (or Atelier's own
@@ -56,9 +56,16 @@ def safetensors_kind(path: Path, header: dict[str, Any] | None = None) -> str:
         return "checkpoint"
     if any(marker in key for key in keys for marker in _LORA_MARKERS):
         return "lora"
+    from atelier.engine.embeddings import embedding_keys_kind
+    from atelier.engine.vae import is_vae_keys
+
+    if keys and embedding_keys_kind(keys, [header[key]["shape"] for key in keys]):
+        return "embedding"
+    if is_vae_keys(keys):
+        return "vae"
     raise AtelierError(
-        f"{path.name} is neither a Stable Diffusion checkpoint (no UNet weights) nor a LoRA "
-        "(no lora_down/lora_up or lora_A/lora_B weights)",
+        f"{path.name} is neither a Stable Diffusion checkpoint (no UNet weights), a LoRA "
+        "(no lora_down/lora_up or lora_A/lora_B weights), a textual inversion embedding nor a VAE",
         field="file",
     )
 
@@ -214,6 +221,10 @@ class LoadedModel:
     def short_hash(self) -> str:
         """The 10-character hash A1111 shows as "Model hash"."""
         return self.sha256[:10]
+
+    def pipelines(self) -> list[Any]:
+        """The base pipeline and every variant built so far (they share the same components)."""
+        return [self.pipeline, *(v for v in self._variants.values() if v is not self.pipeline)]
 
     def variant(self, pipeline_class_name: str) -> Any:
         """The same components wrapped in another pipeline class (img2img, inpaint), built once."""

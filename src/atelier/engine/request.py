@@ -53,6 +53,8 @@ class GenerationRequest:
     refiner_prompt: str | None = None
     refiner_negative_prompt: str | None = None
     refiner_switch_at: float = 0.8
+    # External VAE (A1111's sd_vae): a name in the engine's VAE folder; None keeps the checkpoint's own
+    vae: str | None = None
     # Seamless tiling: circular padding in the UNet and VAE (engine/tiling.py)
     tiling: bool = False
     # Hires fix (txt2img): a second, img2img pass at the upscaled size, with denoising_strength (engine/hires.py)

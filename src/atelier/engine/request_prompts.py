@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from atelier.engine.embeddings import Embedding, EmbeddingLibrary
 from atelier.engine.loras import AppliedLora, LoraLibrary
 from atelier.engine.request import GenerationRequest
 from atelier.errors import AtelierError
@@ -21,9 +22,16 @@ class RequestPrompts:
     hires_positive: str
     hires_negative: str
     loras: list[AppliedLora]
+    # Textual inversion embeddings whose names occur in any of the prompts above.
+    embeddings: list[Embedding] = field(default_factory=list)
 
     @classmethod
-    def parse(cls, request: GenerationRequest, library: LoraLibrary | None) -> RequestPrompts:
+    def parse(
+        cls,
+        request: GenerationRequest,
+        library: LoraLibrary | None,
+        embeddings: EmbeddingLibrary | None = None,
+    ) -> RequestPrompts:
         parsed = parse_prompt(request.prompt)
         loras = []
         for tag in parsed.loras:
@@ -46,7 +54,7 @@ class RequestPrompts:
                 f"the hires prompt uses <lora:{extra[0]}>, which the prompt does not; LoRAs apply to both passes",
                 field="hr_prompt",
             )
-        return cls(
+        prompts = cls(
             positive=parsed.text,
             negative=strip_comments(request.negative_prompt),
             refiner_positive=parse_prompt(refiner_positive).text,
@@ -55,3 +63,16 @@ class RequestPrompts:
             hires_negative=strip_comments(request.hr_negative_prompt or request.negative_prompt),
             loras=loras,
         )
+        if embeddings is not None:
+            prompts.embeddings = embeddings.used_in(prompts.texts())
+        return prompts
+
+    def texts(self) -> list[str]:
+        return [
+            self.positive,
+            self.negative,
+            self.refiner_positive,
+            self.refiner_negative,
+            self.hires_positive,
+            self.hires_negative,
+        ]

@@ -16,7 +16,9 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from atelier.engine.architectures import (
     ARCHITECTURES,
@@ -244,6 +246,177 @@ def build_tiny_controlnet(arch: str):
 
 def create_tiny_model(arch: str, out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Write a tiny random-weight model (or ControlNet) of ``arch`` as a diffusers folder (safetensors)."""
+
+    def build(target: Path) -> None:
+        if arch in CONTROLNET_ARCHITECTURES:
+            build_tiny_controlnet(arch).save_pretrained(str(target), safe_serialization=True)
+        else:
+            build_tiny_pipeline(arch).save_pretrained(str(target), safe_serialization=True)
+
+    return _write_folder(out_dir, build, architecture=arch, overwrite=overwrite)
+
+
+# BERT's special tokens first and BLIP's "[DEC]" (its decoder's start token), then enough words that a random
+# model's captions are words. The real BLIP vocabulary has 30,524 entries; a test needs none of them.
+_TINY_CAPTION_WORDS = (
+    "a an the of on in with and photo product red blue white black bag shoe bottle jacket table"
+)
+TINY_CAPTION_VOCABULARY = (
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "[DEC]",
+    *_TINY_CAPTION_WORDS.split(" "),
+)
+TINY_CAPTION_IMAGE_SIZE = 32
+
+
+def build_tiny_blip(vocab_file: str | os.PathLike[str]) -> tuple[Any, Any]:
+    """A BLIP captioning model (``BlipForConditionalGeneration``) with tiny random weights, and its processor.
+
+    The real architecture (ViT image encoder, BERT text decoder with cross-attention, BlipProcessor) with
+    widths, depths, vocabulary and image size shrunk; ``vocab_file`` is where the tokenizer's vocab.txt is.
+    """
+    import torch
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessorPil,
+        BlipProcessor,
+    )
+
+    Path(vocab_file).write_text("\n".join(TINY_CAPTION_VOCABULARY) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizer(vocab=str(vocab_file), bos_token="[DEC]", model_max_length=128)
+    width = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
+    # With transformers' initial weights (1e-10 in the image encoder, 0.02 in the decoder) a model this small
+    # writes the same caption for every picture; larger ones make the caption depend on the picture.
+    follow_the_picture = {"initializer_range": 0.1}
+    config = BlipConfig(
+        text_config={
+            **width,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 128,
+            "projection_dim": 32,
+            # BLIP starts captions with [DEC] and ends them at [SEP], as the real model does.
+            "bos_token_id": tokenizer.bos_token_id,
+            "sep_token_id": tokenizer.sep_token_id,
+            "eos_token_id": tokenizer.sep_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            **follow_the_picture,
+        },
+        vision_config={
+            **width,
+            "image_size": TINY_CAPTION_IMAGE_SIZE,
+            "patch_size": 8,
+            "projection_dim": 32,
+            **follow_the_picture,
+        },
+        projection_dim=32,
+        image_text_hidden_size=32,
+    )
+    torch.manual_seed(TINY_SEED)
+    model = BlipForConditionalGeneration(config).eval()
+    # The PIL image processor: transformers' default one needs torchvision, which Atelier does not install.
+    size = {"height": TINY_CAPTION_IMAGE_SIZE, "width": TINY_CAPTION_IMAGE_SIZE}
+    processor = BlipProcessor(image_processor=BlipImageProcessorPil(size=size), tokenizer=tokenizer)
+    return model, processor
+
+
+def build_tiny_florence2() -> tuple[Any, Any]:
+    """A Florence-2 model (transformers' ``Florence2ForConditionalGeneration``) with tiny random weights.
+
+    The real layout (DaViT image encoder, BART encoder-decoder, the processor's ``<image>`` tokens and task
+    prompts), shrunk; the tokenizer is byte-level BPE over the 256 byte symbols alone, without merges.
+    """
+    import torch
+    from transformers import (
+        BartConfig,
+        CLIPImageProcessorPil,
+        Florence2Config,
+        Florence2ForConditionalGeneration,
+        Florence2Processor,
+        Florence2VisionConfig,
+        RobertaTokenizer,
+    )
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    symbols = ["<s>", "<pad>", "</s>", "<unk>", *bytes_to_unicode().values(), "<mask>", "<image>"]
+    tokenizer = RobertaTokenizer(
+        vocab={symbol: index for index, symbol in enumerate(symbols)},
+        merges=[],
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    text = BartConfig(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=37,
+        decoder_ffn_dim=37,
+        max_position_embeddings=128,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        decoder_start_token_id=tokenizer.eos_token_id,
+    )
+    vision = Florence2VisionConfig(
+        depths=(1, 1),
+        patch_size=(7, 3),
+        patch_stride=(4, 2),
+        patch_padding=(3, 1),
+        patch_prenorm=(False, True),
+        embed_dim=(16, 32),
+        num_heads=(2, 4),
+        num_groups=(2, 4),
+        window_size=2,
+        projection_dim=32,
+        max_position_embeddings=8,
+        max_temporal_embeddings=4,
+    )
+    config = Florence2Config(text_config=text, vision_config=vision, image_token_id=tokenizer.image_token_id)
+    torch.manual_seed(TINY_SEED)
+    model = Florence2ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        # A random model this small often ends at once; an end token that scores 0 lets it write something.
+        model.get_output_embeddings().weight[tokenizer.eos_token_id].zero_()
+    size = {"height": TINY_CAPTION_IMAGE_SIZE, "width": TINY_CAPTION_IMAGE_SIZE}
+    image_processor = CLIPImageProcessorPil(
+        size=size,
+        crop_size=size,
+        do_center_crop=False,
+        # 32 px, strides 4 and 2: a 4x4 feature map, plus the pooled token Florence-2 adds.
+        image_seq_length=(TINY_CAPTION_IMAGE_SIZE // 8) ** 2 + 1,
+    )
+    return model, Florence2Processor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def create_tiny_captioning_model(
+    out_dir: str | os.PathLike[str], *, family: str = "blip", overwrite: bool = False
+) -> Path:
+    """Write a tiny random-weight captioning model (``blip`` or ``florence2``) as a transformers folder."""
+    if family not in ("blip", "florence2"):
+        raise AtelierError(f"unknown captioning family {family!r}; choose blip or florence2", field="family")
+
+    def build(target: Path) -> None:
+        if family == "blip":
+            model, processor = build_tiny_blip(target.parent / "vocab.txt")
+        else:
+            model, processor = build_tiny_florence2()
+        model.save_pretrained(str(target), safe_serialization=True)
+        processor.save_pretrained(str(target))
+
+    return _write_folder(out_dir, build, architecture=family, overwrite=overwrite)
+
+
+def _write_folder(
+    out_dir: str | os.PathLike[str], build: Callable[[Path], None], *, architecture: str, overwrite: bool
+) -> Path:
+    """Build a tiny model into a staging folder beside ``out_dir``, label it, and move it into place."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise AtelierError(f"{out} already exists and is not empty", field="dir")
@@ -251,11 +424,8 @@ def create_tiny_model(arch: str, out_dir: str | os.PathLike[str], *, overwrite: 
     staging = Path(tempfile.mkdtemp(prefix=".tmp-tiny-", dir=out.parent))
     try:
         target = staging / "model"
-        if arch in CONTROLNET_ARCHITECTURES:
-            build_tiny_controlnet(arch).save_pretrained(str(target), safe_serialization=True)
-        else:
-            build_tiny_pipeline(arch).save_pretrained(str(target), safe_serialization=True)
-        marker = {"label": DEMO_LABEL, "architecture": arch, "note": "tiny model with random weights"}
+        build(target)
+        marker = {"label": DEMO_LABEL, "architecture": architecture, "note": "tiny model with random weights"}
         (target / DEMO_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)

@@ -113,6 +113,22 @@ class StudioConfig(ConfigModel, BaseSettings):
     allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
     # How long an A1111-style request waits for its job before answering 504 (the job goes on).
     request_timeout_seconds: float = 3600.0
+    # Content Credentials (C2PA, README "Provenance"): outputs are signed when a certificate chain (PEM,
+    # end-entity first) is set with its private key (PEM) or with a signing function "package.module:function"
+    # (a KMS or HSM keeps the key). c2pa_algorithm is the callback's (es256 by default); a key file says its own.
+    c2pa_cert: Path | None = None
+    c2pa_key: Path | None = None
+    c2pa_sign_callback: str | None = None
+    c2pa_algorithm: str | None = None
+    c2pa_tsa_url: str | None = None  # an RFC 3161 time-stamp authority: signatures outlive the certificate
+    # CAs (PEM) whose signatures count as trusted when this studio reads credentials back (the C2PA trust list).
+    c2pa_trust_anchors: Path | None = None
+    # Commercial work (README "Provenance"): refuse, when a request arrives, every model (checkpoint, refiner, VAE,
+    # LoRA, embedding, ControlNet, training base) whose licence does not allow commercial use, or is unknown.
+    commercial_use: bool = False
+    # Refuse training uploads that carry no rights record (owner, people shown, consent): rights.toml in the zip,
+    # [rights] in the .toml beside it, or `rights` in POST /api/train. Off: such a LoRA is trained, without one.
+    require_training_rights: bool = False
 
     @classmethod
     def for_data_dir(cls, data_dir: str | os.PathLike[str] | None = None, **overrides: Any) -> StudioConfig:

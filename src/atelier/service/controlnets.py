@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,8 +22,8 @@ from PIL import Image
 
 from atelier.engine import ControlNetLibrary, ControlUnit, detect_controlnet_architecture
 from atelier.errors import AtelierError
-from atelier.files import write_text_atomic
 from atelier.images import open_image
+from atelier.service.model_folders import mirror_prefix
 from atelier.service.registry import ModelRecord
 from atelier.service.security import decode_image
 from atelier.service.storage import Storage, check_key
@@ -46,7 +45,6 @@ UNIT_SETTINGS = (
 )
 # Fields of the extension's API that change nothing here (memory savers, hires-fix options, UI state).
 _A1111_IGNORED = ("low_vram", "hr_option", "is_ui", "input_mode", "batch_images", "save_detected_map")
-_MIRROR_VERSIONS = ".versions.json"
 
 
 def controlnet_library(storage: Storage, cache_dir: str | os.PathLike[str]) -> ControlNetLibrary:
@@ -55,16 +53,7 @@ def controlnet_library(storage: Storage, cache_dir: str | os.PathLike[str]) -> C
     if local is not None:
         return ControlNetLibrary(local)
     mirror = Path(cache_dir) / "controlnet"
-    mirror.mkdir(parents=True, exist_ok=True)
-    versions_file = mirror / _MIRROR_VERSIONS
-    known = json.loads(versions_file.read_text()) if versions_file.is_file() else {}
-    current = {}
-    for item in storage.list(CONTROLNET_PREFIX):
-        relative = item.key[len(CONTROLNET_PREFIX) :].lstrip("/")
-        current[relative] = item.version
-        if known.get(relative) != item.version or not (mirror / relative).is_file():
-            storage.get_file(item.key, mirror / relative)
-    write_text_atomic(versions_file, json.dumps(current))
+    mirror_prefix(storage, CONTROLNET_PREFIX, mirror)
     return ControlNetLibrary(mirror)
 
 
@@ -158,20 +147,16 @@ def check_unit_models(
             )
 
 
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
 def store_units(storage: Storage, job_id: str, units: Sequence[ControlUnit]) -> list[dict[str, Any]]:
     """Each unit's settings for the job payload, its image stored beside the job's inputs."""
+    from atelier.service.submit import png_for_job  # submit imports this module's checks
+
     stored = []
     for index, unit in enumerate(units):
         entry = unit.to_params()
         if unit.image is not None:
             key = f"outputs/{job_id}/inputs/control_{index}.png"
-            storage.put_bytes(key, _png(unit.image))
+            storage.put_bytes(key, png_for_job(unit.image))
             entry["image_key"] = key
         stored.append(entry)
     return stored

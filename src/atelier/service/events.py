@@ -82,6 +82,15 @@ def job_label(job: Job) -> dict[str, Any]:
     payload = job.payload or {}
     if job.kind == "train":
         return {"name": train_name(payload), "base": payload.get("base")}
+    if job.kind == "caption":
+        return {"prompt": "Interrogate (caption a picture)", "model": payload.get("model"), "loras": []}
+    if job.kind == "product":
+        what = payload.get("product") or "a product"
+        return {
+            "prompt": f"Product shot: {what}, {payload.get('scene')}",
+            "model": payload.get("model"),
+            "loras": [],
+        }
     prompt = str((payload.get("request") or {}).get("prompt") or "")
     short = prompt if len(prompt) <= 80 else prompt[:79].rstrip() + "…"
     return {"prompt": short, "model": payload.get("model"), "loras": list(payload.get("loras") or [])}

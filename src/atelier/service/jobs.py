@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from atelier.service.database import json_row
 
-JOB_KINDS = ("generate", "train")
+JOB_KINDS = ("generate", "train", "caption", "product")
 JOB_STATES = ("queued", "running", "succeeded", "failed", "canceled")
 FINISHED_STATES = frozenset({"succeeded", "failed", "canceled"})
 

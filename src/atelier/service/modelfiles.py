@@ -6,7 +6,9 @@ named after the model's sha256, so a replaced file never reuses a stale copy.
 
 LoRAs are named in prompts (``<lora:shoes:0.8>``) and the engine looks them up in one flat folder. Each worker
 keeps such a folder in its cache and places (hard-links, or downloads) every LoRA a prompt needs into it before
-generating, so LoRAs uploaded anywhere in the bucket, or on another machine, are usable by name.
+generating, so LoRAs uploaded anywhere in the bucket, or on another machine, are usable by name. Textual
+inversion embeddings (matched by name in any prompt, so the folder holds exactly the registered ones) and the
+request's external VAE are placed the same way, in folders of their own.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from atelier.errors import AtelierError, NotFoundError
-from atelier.service.registry import ModelRecord
+from atelier.service.registry import ModelRecord, kind_field
 from atelier.service.storage import TEMP_PREFIX, ObjectInfo, Storage
 
 logger = logging.getLogger(__name__)
@@ -80,8 +82,11 @@ class ModelFiles:
         self.storage = storage
         self.cache_dir = Path(cache_dir)
         self.lora_dir = self.cache_dir / "loras"
+        self.embedding_dir = self.cache_dir / "embeddings"
+        self.vae_dir = self.cache_dir / "vae"
         self._lock = threading.Lock()
-        self._placed_loras: dict[str, str] = {}
+        # (folder, name) -> sha256 of what was placed there, so an unchanged file is not placed again
+        self._placed: dict[tuple[str, str], str] = {}
 
     def _download_dir(self, record: ModelRecord) -> Path:
         return self.cache_dir / "models" / record.sha256[:32]
@@ -93,7 +98,7 @@ class ModelFiles:
             if not local.exists():
                 raise NotFoundError(
                     f"{record.kind} {record.name!r} is registered but {record.storage_key} is gone",
-                    field="lora" if record.kind == "lora" else "model",
+                    field=kind_field(record.kind),
                 )
             return local
         with self._lock:
@@ -116,7 +121,7 @@ class ModelFiles:
                     raise AtelierError(
                         f"{record.storage_key} changed since it was registered; it will be registered again "
                         "shortly, retry then",
-                        field="lora" if record.kind == "lora" else "model",
+                        field=kind_field(record.kind),
                     )
                 # Single-file checkpoints take their tokenizer from a "<name>.tokenizer" folder beside them.
                 tokenizer_key = record.storage_key.removesuffix(".safetensors") + TOKENIZER_SUFFIX
@@ -138,14 +143,33 @@ class ModelFiles:
 
     def place_loras(self, records: Iterable[ModelRecord]) -> Path:
         """Make each LoRA available as ``<lora_dir>/<name>.safetensors``; return the folder."""
-        self.lora_dir.mkdir(parents=True, exist_ok=True)
+        return self._place(self.lora_dir, records)
+
+    def place_vae(self, record: ModelRecord) -> Path:
+        """Make a VAE available as ``<vae_dir>/<name>.safetensors``; return the folder."""
+        return self._place(self.vae_dir, [record])
+
+    def place_embeddings(self, records: Iterable[ModelRecord]) -> Path:
+        """Make the embedding folder hold exactly these embeddings (a removed one must stop matching prompts)."""
+        wanted = list(records)
+        folder = self._place(self.embedding_dir, wanted)
+        names = {f"{record.name}.safetensors" for record in wanted}
+        with self._lock:
+            for path in folder.iterdir():
+                if path.name not in names:
+                    path.unlink(missing_ok=True)
+                    self._placed.pop((str(folder), path.name.removesuffix(".safetensors")), None)
+        return folder
+
+    def _place(self, folder: Path, records: Iterable[ModelRecord]) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
         for record in records:
-            destination = self.lora_dir / f"{record.name}.safetensors"
+            destination = folder / f"{record.name}.safetensors"
             with self._lock:
-                if self._placed_loras.get(record.name) == record.sha256 and destination.is_file():
+                if self._placed.get((str(folder), record.name)) == record.sha256 and destination.is_file():
                     continue
             source = self.local_path(record)
             with self._lock:
                 _link_or_copy(source, destination)
-                self._placed_loras[record.name] = record.sha256
-        return self.lora_dir
+                self._placed[(str(folder), record.name)] = record.sha256
+        return folder

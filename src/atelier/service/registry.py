@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -27,14 +27,31 @@ from sqlalchemy.exc import IntegrityError
 
 from atelier.errors import AtelierError, ConflictError, NotFoundError, UnsafeFileError
 from atelier.service.database import UtcDateTime, json_row, metadata, migrate, utc_now, write_engine
+from atelier.service.licenses import METADATA_KEY as LICENSE_METADATA_KEY
+from atelier.service.licenses import (
+    license_from_metadata,
+    license_from_model_card,
+    license_record,
+    license_view,
+)
 
-MODEL_KINDS = ("checkpoint", "lora")
+MODEL_KINDS = ("checkpoint", "lora", "embedding", "vae")
+# The error field and the label of each kind in messages (A1111's names for the fields).
+_KIND_FIELDS = {"checkpoint": "model", "lora": "lora", "embedding": "embedding", "vae": "sd_vae"}
+_KIND_LABELS = {"checkpoint": "model", "lora": "LoRA", "embedding": "embedding", "vae": "VAE"}
 MODEL_SOURCES = ("upload", "training", "demo")
 MODEL_SUFFIX = ".safetensors"
 MAX_METADATA_KEYS = 64
 MAX_METADATA_VALUE = 2000
+_ALWAYS_SHOWN = ("modelspec.license", "atelier.rights")
 # Characters that would break a `<lora:name:w>` tag or a file name on some system.
 _FORBIDDEN_NAME_CHARACTERS = re.compile(r"[<>:\"/\\|?*\x00-\x1f]")
+
+
+def kind_field(kind: str) -> str:
+    """The request field that names a model of this kind, for errors."""
+    return _KIND_FIELDS.get(kind, "model")
+
 
 models_table = sa.Table(
     "registered_models",
@@ -69,6 +86,11 @@ class ModelFileInfo:
     size: int
     # A LoRA's safetensors metadata (kohya's ss_* training notes), shown by A1111's /sdapi/v1/loras.
     metadata: dict[str, str] = field(default_factory=dict)
+    # The licence the file names (modelspec.license, a model card's license:) and where it says so.
+    license: str | None = None
+    license_source: str | None = None
+    # A LoRA's training rights record (atelier.training.rights), from its metadata.
+    rights: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -112,12 +134,21 @@ class ModelRecord:
         shown = f"{self.filename} ({self.label})" if self.label else self.filename
         return f"{shown} [{self.short_hash}]"
 
+    @property
+    def license(self) -> dict[str, Any]:
+        """The model's licence: name, the use it allows (commercial, non-commercial, unknown) and its source."""
+        return license_view(self.details.get("license"))
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe values, datetimes as ISO 8601 strings, plus the derived title and display name."""
+        """JSON-safe values, datetimes as ISO 8601 strings, plus the derived title, display name and licence
+        (and for a LoRA, the rights record of its training images, or None)."""
         out = json_row(self)
         out["title"] = self.title
         out["display_name"] = self.display_name
         out["short_hash"] = self.short_hash
+        out["license"] = self.license
+        if self.kind == "lora":
+            out["rights"] = self.details.get("rights")
         return out
 
 
@@ -171,9 +202,8 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelFileInfo:
     from atelier.engine import (
         base_family,
         detect_architecture,
-        inspect_lora,
-        lora_sha256,
         model_sha256,
+        read_safetensors_header,
         refuse_pickle,
         safetensors_kind,
         validate_safetensors,
@@ -186,8 +216,16 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelFileInfo:
         for weights in sorted(path.rglob("*.safetensors")):
             validate_safetensors(weights)
         size = sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
+        card_license = license_from_model_card(path)
         return ModelFileInfo(
-            "checkpoint", architecture, base_family(architecture), model_sha256(path), None, size
+            "checkpoint",
+            architecture,
+            base_family(architecture),
+            model_sha256(path),
+            None,
+            size,
+            license=card_license,
+            license_source="README.md" if card_license else None,
         )
     if path.suffix.lower() != MODEL_SUFFIX:
         raise AtelierError(
@@ -200,7 +238,35 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelFileInfo:
         kind = safetensors_kind(path)
     except AtelierError as problem:
         raise AtelierError(str(problem), field="file") from None
+    stored = read_safetensors_header(path).get("__metadata__") or {}
+    info = _inspect_file(path, kind, stored)
+    named = license_from_metadata(stored)
+    return replace(info, license=named, license_source=LICENSE_METADATA_KEY if named else None)
+
+
+def _inspect_file(path: Path, kind: str, stored: Mapping[str, Any]) -> ModelFileInfo:
+    """What a single ``.safetensors`` model of ``kind`` is, from its header (``stored``: its metadata)."""
+    from atelier.engine import (
+        base_family,
+        detect_architecture,
+        embedding_family,
+        inspect_lora,
+        lora_sha256,
+        model_sha256,
+    )
+
+    if kind == "embedding":
+        family, vectors, width = embedding_family(path)
+        facts = {"vectors": str(vectors), "width": str(width)}  # A1111's /embeddings shows them
+        return ModelFileInfo(
+            "embedding", family, family, model_sha256(path), None, path.stat().st_size, facts
+        )
+    if kind == "vae":
+        # A VAE file does not say which family it is for; loading it into a checkpoint tells (engine/vae.py).
+        return ModelFileInfo("vae", "vae", "unknown", model_sha256(path), None, path.stat().st_size)
     if kind == "lora":
+        from atelier.training import rights_from_metadata
+
         family, _width = inspect_lora(path)
         return ModelFileInfo(
             "lora",
@@ -209,7 +275,8 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelFileInfo:
             model_sha256(path),
             lora_sha256(path),
             path.stat().st_size,
-            _lora_metadata(path),
+            _lora_metadata(stored),
+            rights=rights_from_metadata(stored),
         )
     try:
         architecture = detect_architecture(path)
@@ -220,16 +287,28 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelFileInfo:
     )
 
 
-def _lora_metadata(path: Path) -> dict[str, str]:
-    from atelier.engine import read_safetensors_header
+def _lora_metadata(stored: Mapping[str, Any]) -> dict[str, str]:
+    # Tag frequencies and dataset dumps can be megabytes; the listing keeps what fits in a glance, and always the
+    # licence and the rights record, which whoever picks the LoRA must see (however many ss_* keys come first).
+    kept = {key: stored[key] for key in _ALWAYS_SHOWN if isinstance(stored.get(key), str)}
+    for key, value in stored.items():
+        if len(kept) >= MAX_METADATA_KEYS:
+            break
+        if isinstance(value, str) and len(value) <= MAX_METADATA_VALUE:
+            kept.setdefault(str(key), value)
+    return kept
 
-    stored = read_safetensors_header(path).get("__metadata__") or {}
-    # Tag frequencies and dataset dumps can be megabytes; the listing keeps what fits in a glance.
-    return {
-        str(key): value
-        for key, value in list(stored.items())[:MAX_METADATA_KEYS]
-        if isinstance(value, str) and len(value) <= MAX_METADATA_VALUE
-    }
+
+def _file_details(info: ModelFileInfo) -> dict[str, Any]:
+    """What a model file says about itself, for the record's details: metadata, licence, rights record."""
+    details: dict[str, Any] = {}
+    if info.metadata:
+        details["metadata"] = info.metadata
+    if info.license:
+        details["license"] = license_record(info.license, info.license_source or "file")
+    if info.rights is not None:
+        details["rights"] = info.rights
+    return details
 
 
 class ModelRegistry:
@@ -260,7 +339,7 @@ class ModelRegistry:
         watcher re-reading a file that training or ``serve`` registered does not relabel it as an upload).
         Raises :class:`AtelierError` when another file already holds the name for this kind of model.
         """
-        what = "lora" if info.kind == "lora" else "model"
+        what = _KIND_FIELDS[info.kind]
         check_model_name(name, what=what)
         if source not in MODEL_SOURCES:
             raise AtelierError(f"source must be one of {', '.join(MODEL_SOURCES)}", field="source")
@@ -278,7 +357,7 @@ class ModelRegistry:
             "version": version,
             "source": source,
             "label": label,
-            "details": {**({"metadata": info.metadata} if info.metadata else {}), **(details or {})},
+            "details": {**_file_details(info), **(details or {})},
             "updated_at": now,
         }
         try:
@@ -340,15 +419,15 @@ class ModelRegistry:
 
     def get(self, name: str, kind: str = "checkpoint") -> ModelRecord:
         """The model of this kind and exact name; :class:`NotFoundError` naming what is available."""
-        what = "lora" if kind == "lora" else "model"
         if kind not in MODEL_KINDS:
             raise AtelierError(f"kind must be one of {', '.join(MODEL_KINDS)}", field="kind")
+        what = _KIND_FIELDS[kind]
         if not isinstance(name, str):
             raise AtelierError(f"{what} must be a name (text)", field=what)
         record = self._find(kind, name)
         if record is None:
             available = ", ".join(item.name for item in self.list(kind)) or "none"
-            label = "LoRA" if kind == "lora" else "model"
+            label = _KIND_LABELS[kind]
             raise NotFoundError(f"unknown {label} {name!r}; available: {available}", field=what)
         return record
 
@@ -400,6 +479,24 @@ class ModelRegistry:
             query = query.where(models_table.c.kind == kind)
         with self.engine.connect() as conn:
             return [_record(row) for row in conn.execute(query).all()]
+
+    def update_details(self, kind: str, name: str, changes: Mapping[str, Any]) -> ModelRecord:
+        """Set some keys of a model's details (an admin's licence record), keeping the others."""
+        record = self.get(name, kind)
+        with self._write_engine.begin() as conn:
+            row = conn.execute(
+                sa.select(models_table.c.details).where(models_table.c.storage_key == record.storage_key)
+            ).one_or_none()
+            if row is None:
+                raise NotFoundError(
+                    f"{_KIND_LABELS[kind]} {name!r} was just removed", field=_KIND_FIELDS[kind]
+                )
+            conn.execute(
+                models_table.update()
+                .where(models_table.c.storage_key == record.storage_key)
+                .values(details={**(row.details or {}), **changes}, updated_at=self._clock())
+            )
+        return self.get(name, kind)
 
     def remove(self, storage_key: str) -> bool:
         """Forget the model registered from ``storage_key``; False if none was."""

@@ -39,6 +39,8 @@ from atelier.service.database import UtcDateTime, json_row, metadata, migrate, u
 KEY_PREFIX = "atk_"
 _KEY_NAME_MAX = 100
 ROLES = ("user", "admin")
+# Keys made elsewhere and installed (ApiKeyStore.install): as hard to guess as the ones Atelier makes.
+MIN_INSTALLED_KEY_LENGTH = 32
 
 api_keys_table = sa.Table(
     "api_keys",
@@ -108,11 +110,46 @@ class ApiKeyStore:
 
     def create(self, name: str, *, role: str = "user") -> tuple[ApiKey, str]:
         """Create a key named ``name``; return it and the secret, which is not stored and cannot be shown again."""
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        return self._insert(name, secret, role), secret
+
+    def install(self, name: str, secret: str, *, role: str = "user") -> bool:
+        """Store a key made elsewhere (a Kubernetes Secret, a Compose ``.env``); False if it is already stored.
+
+        Deployments start the API on a non-loopback address, which needs a key first; they cannot run
+        ``keys create`` by hand and catch its output, so the key comes from their secret store instead. Running
+        it again with the same key does nothing, so an init step may run on every start; the name holding
+        another key is refused (revoke it first, then install the new one under a new name).
+        """
+        if not isinstance(secret, str) or len(secret) < MIN_INSTALLED_KEY_LENGTH or secret != secret.strip():
+            raise AtelierError(
+                f"the key must be at least {MIN_INSTALLED_KEY_LENGTH} characters without spaces around it "
+                "(e.g. from 'openssl rand -hex 32')",
+                field="key",
+            )
+        for attempt in range(2):
+            existing = next((key for key in self.list() if key.name == name), None)
+            if existing is not None:
+                if existing.key_hash != hash_key(secret) or existing.role != role or not existing.active:
+                    raise AtelierError(
+                        f"an API key named {name!r} already exists with another key, role or state",
+                        field="name",
+                    )
+                return False
+            try:
+                self._insert(name, secret, role)
+                return True
+            except AtelierError:
+                # Two replicas starting together: the other one inserted it first; look again once.
+                if attempt:
+                    raise
+        return False
+
+    def _insert(self, name: str, secret: str, role: str) -> ApiKey:
         if not isinstance(name, str) or not 1 <= len(name.strip()) <= _KEY_NAME_MAX or name != name.strip():
             raise AtelierError(f"key name must be 1 to {_KEY_NAME_MAX} characters of text", field="name")
         if role not in ROLES:
             raise AtelierError(f"role must be one of {', '.join(ROLES)}", field="role")
-        secret = KEY_PREFIX + secrets.token_urlsafe(32)
         values: dict[str, Any] = {
             "name": name,
             "key_hash": hash_key(secret),
@@ -126,7 +163,7 @@ class ApiKeyStore:
                 conn.execute(api_keys_table.insert().values(**values))
         except IntegrityError:
             raise AtelierError(f"an API key named {name!r} already exists", field="name") from None
-        return ApiKey(**values), secret
+        return ApiKey(**values)
 
     def list(self) -> list[ApiKey]:
         with self.engine.connect() as conn:
@@ -246,6 +283,11 @@ def decode_image(text: object, *, field: str, max_pixels: int) -> Image.Image:
     The pixel count is checked from the header before any pixel data is decoded, so an image bomb costs
     nothing. Raises :class:`AtelierError` naming ``field`` for anything that is not a readable image.
     """
+    return decode_upload(text, field=field, max_pixels=max_pixels)[1]
+
+
+def decode_upload(text: object, *, field: str, max_pixels: int) -> tuple[bytes, Image.Image]:
+    """:func:`decode_image`, with the file's own bytes: what a copy or a provenance record must keep."""
     if not isinstance(text, str) or not text.strip():
         raise AtelierError(f"{field} must be a base64-encoded image", field=field)
     encoded = text.strip()
@@ -257,4 +299,4 @@ def decode_image(text: object, *, field: str, max_pixels: int) -> Image.Image:
         data = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise AtelierError(f"{field} is not valid base64", field=field) from None
-    return open_image(data, field=field, max_pixels=max_pixels)
+    return data, open_image(data, field=field, max_pixels=max_pixels)

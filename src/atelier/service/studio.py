@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
@@ -21,8 +22,10 @@ from atelier.service.controlnets import CONTROLNET_PREFIX
 from atelier.service.database import open_database
 from atelier.service.job_store import SqlJobStore
 from atelier.service.jobs import JobStore
+from atelier.service.leader import LeaderLease
 from atelier.service.ledger import Ledger
 from atelier.service.modelfiles import FOLDER_MODEL_MARKER, folder_version, upload_folder
+from atelier.service.provenance import content_signer
 from atelier.service.registry import ModelRecord, ModelRegistry, StudioSettings, inspect_model
 from atelier.service.security import ApiKeyStore
 from atelier.service.storage import Storage, open_storage
@@ -46,14 +49,18 @@ class Studio:
     webhooks: WebhookDeliveries
     storage: Storage
     workers: WorkerBoard
+    # Signs Content Credentials into every output when a certificate is configured (service/provenance.py).
+    signer: Any = None
 
     @classmethod
     def open(cls, config: StudioConfig) -> Studio:
         """Connect to the database (creating tables if needed) and the storage of ``config``."""
+        # Before anything opens: a wrong certificate or key stops the studio at start-up, naming the setting.
+        signer = content_signer(config)
         database = open_database(config.database_url)
         storage = open_storage(config.storage_url, endpoint_url=config.storage_endpoint_url)
         try:
-            return cls._with(config, database, storage)
+            return cls._with(config, database, storage, signer)
         except sa.exc.OperationalError as exc:
             database.dispose()
             # The driver's message comes first and ends in advice of its own ("Is the server running...").
@@ -62,7 +69,7 @@ class Studio:
             raise AtelierError(f"cannot open the database {shown}: {reason}", field="db") from None
 
     @classmethod
-    def _with(cls, config: StudioConfig, database: Engine, storage: Storage) -> Studio:
+    def _with(cls, config: StudioConfig, database: Engine, storage: Storage, signer: Any) -> Studio:
         store = SqlJobStore(database)
         settings = StudioSettings(database)
         return cls(
@@ -83,10 +90,15 @@ class Studio:
             ),
             storage=storage,
             workers=WorkerBoard(database),
+            signer=signer,
         )
 
     def close(self) -> None:
         self.database.dispose()
+
+    def leader_lease(self, name: str, **options: Any) -> LeaderLease:
+        """The lease on a role that one process of the studio holds at a time (the bucket watcher, ...)."""
+        return LeaderLease(self.database, name, **options)
 
     def _may_be_checkpoint(self, key: str) -> bool:
         """Whether ``key`` in the models bucket may be a checkpoint the watcher has yet to register.

@@ -19,19 +19,23 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from PIL import Image
+from pydantic import BaseModel
 
 from atelier.errors import AtelierError, UnsafeFileError
 from atelier.files import TEMP_PREFIX, parse_toml
 from atelier.images import check_pixels
-from atelier.service.job_types import GeneratePayload, TrainPayload
+from atelier.service.commercial import check_generation, check_model
+from atelier.service.job_types import CaptionPayload, GeneratePayload, TrainPayload
 from atelier.service.jobs import Job
 from atelier.service.registry import ModelRecord
 from atelier.service.studio import Studio
+from atelier.service.training_rights import RIGHTS_KEY, check_rights_table, training_rights
 
 # Request fields a client may set, in GenerationRequest's (A1111's) vocabulary. Images and model names are
 # handled separately: images are stored as files, models are registry names.
 GENERATION_FIELDS = (
     "prompt",
+    "vae",
     "negative_prompt",
     "sampler",
     "schedule_type",
@@ -63,7 +67,12 @@ GENERATION_FIELDS = (
     "hr_prompt",
     "hr_negative_prompt",
 )
+# caption_missing: "clip" (the studio's captioning model) or a model in models/captioning/ captions the images
+# that have none before training, like `atelier train --caption-missing`; the worker resolves it to a folder.
+CAPTION_MISSING_KEY = "caption_missing"
 TRAIN_CONFIG_KEYS_OWNED_BY_STUDIO = (
+    CAPTION_MISSING_KEY,
+    RIGHTS_KEY,
     "base",
     "preset",
     "pretrained_model_name_or_path",
@@ -170,6 +179,9 @@ def prepare_generation(
         if request.mode != "txt2img":
             raise AtelierError("the refiner stage is available for txt2img only", field="refiner")
 
+    if request.vae:
+        # A1111 names VAEs with their suffix ("vae-ft-mse.safetensors"); the registry by the bare name.
+        params["vae"] = studio.registry.get(request.vae.removesuffix(".safetensors"), "vae").name
     loras = []
     prompts = [request.prompt] + ([request.refiner_prompt] if request.refiner_prompt else [])
     for text in prompts:
@@ -182,17 +194,30 @@ def prepare_generation(
                     field="lora",
                 )
             loras.append(record)
+    controlnet_paths = []
     if request.controlnet_units:
         from atelier.service.controlnets import check_unit_models, controlnet_library
 
         library = controlnet_library(studio.storage, studio.config.cache_dir)
         check_unit_models(library, request.controlnet_units, checkpoint)
-    return PreparedGeneration(
+        controlnet_paths = [library.resolve(unit.model) for unit in request.controlnet_units]
+    prepared = PreparedGeneration(
         params, checkpoint, refiner_record, loras, init_image, mask, request.controlnet_units
     )
+    texts = [
+        request.prompt,
+        request.negative_prompt,
+        request.refiner_prompt or "",
+        request.refiner_negative_prompt or "",
+        request.hr_prompt or "",
+        request.hr_negative_prompt or "",
+    ]
+    check_generation(studio, prepared, texts, controlnet_paths)
+    return prepared
 
 
-def _png(image: Image.Image) -> bytes:
+def png_for_job(image: Image.Image) -> bytes:
+    """An input image as a job stores it for its worker (transparency kept)."""
     buffer = io.BytesIO()
     # Inputs are read once by a worker: fast compression beats small files here.
     image.save(buffer, format="PNG", compress_level=1)
@@ -215,7 +240,7 @@ def submit_generation(
     for name, image in (("init_image", prepared.init_image), ("mask", prepared.mask)):
         if image is not None:
             key = f"outputs/{job_id}/inputs/{name}.png"
-            studio.storage.put_bytes(key, _png(image))
+            studio.storage.put_bytes(key, png_for_job(image))
             keys[f"{name}_key"] = key
     units = None
     if prepared.controlnet_units:
@@ -232,13 +257,13 @@ def submit_generation(
         origin=origin,
         **keys,
     )
-    return _submit(studio, "generate", payload, job_id, priority, owner, webhook_url)
+    return submit_job(studio, "generate", payload, job_id, priority, owner, webhook_url)
 
 
-def _submit(
+def submit_job(
     studio: Studio,
     kind: str,
-    payload: GeneratePayload | TrainPayload,
+    payload: BaseModel,
     job_id: str,
     priority: int,
     owner: str | None,
@@ -254,6 +279,30 @@ def _submit(
         job_id=job_id,
     )
     return job
+
+
+def submit_caption(
+    studio: Studio,
+    image: Image.Image,
+    model: str,
+    *,
+    priority: int = 0,
+    owner: str | None = None,
+    origin: str | None = None,
+) -> Job:
+    """Queue a caption job (A1111's interrogate) for ``image`` with the captioning model serving ``model``.
+
+    ``model`` is A1111's name (``clip``) or a captioning model's; an unknown one, or a studio without any, is
+    refused here, before anything is stored. A worker runs the model, so the API process never loads torch.
+    """
+    from atelier.service.captioning import resolve_captioning_model
+
+    name = resolve_captioning_model(studio.storage, model)
+    job_id = uuid.uuid4().hex
+    key = f"outputs/{job_id}/inputs/image.png"
+    studio.storage.put_bytes(key, png_for_job(image))
+    payload = CaptionPayload(image_key=key, model=name, origin=origin)
+    return submit_job(studio, "caption", payload, job_id, priority, owner, None)
 
 
 def check_webhook(studio: Studio, webhook_url: str | None) -> None:
@@ -282,6 +331,7 @@ def check_train_config(
     from atelier.training import load_train_config
 
     settings = dict(config)
+    caption_model(studio, settings)  # refuses an unknown or missing captioning model now
     base_name = settings.pop("base", None) or settings.pop("pretrained_model_name_or_path", None) or base
     preset = settings.pop("preset", None)
     for key in TRAIN_CONFIG_KEYS_OWNED_BY_STUDIO:
@@ -292,6 +342,9 @@ def check_train_config(
         base_record = studio.registry.find_checkpoint(base_name, field="base")
     else:
         base_record = studio.registry.default_checkpoint(studio.settings.get("sd_model_checkpoint"))
+    check_model(studio.config, base_record, "base")
+    if config.get(RIGHTS_KEY) is not None:
+        check_rights_table(config[RIGHTS_KEY], where="the training settings", source="settings")
     if preset is not None and not isinstance(preset, str):
         raise AtelierError("preset must be a preset name", field="preset")
     preset = preset or training_preset(base_record)
@@ -299,16 +352,37 @@ def check_train_config(
     return base_record, preset
 
 
-def check_training_archive(path: Path, name: str, config: Mapping[str, Any]) -> None:
-    """Refuse, at the door, a training zip that a worker would refuse hours later.
+def caption_model(studio: Studio, config: Mapping[str, Any]) -> str | None:
+    """The captioning model a training config's ``caption_missing`` asks for (None: caption nothing)."""
+    from atelier.service.captioning import A1111_CAPTION_MODEL, resolve_captioning_model
+
+    wanted = config.get(CAPTION_MISSING_KEY)
+    if wanted in (None, False, ""):
+        return None
+    if wanted is True:
+        wanted = A1111_CAPTION_MODEL
+    if not isinstance(wanted, str):
+        raise AtelierError(
+            "caption_missing must be true or the name of a captioning model", field=CAPTION_MISSING_KEY
+        )
+    try:
+        return resolve_captioning_model(studio.storage, wanted)
+    except AtelierError as problem:
+        raise type(problem)(str(problem), field=CAPTION_MISSING_KEY) from None
+
+
+def check_training_archive(path: Path, name: str, config: Mapping[str, Any]) -> Any:
+    """Refuse, at the door, a training zip that a worker would refuse hours later; return its ``rights.toml``.
 
     The archive is read through as extraction would read it (escaping paths, links, bombs, too many entries,
     CRC errors: ``training.archive.check_zip``); it must hold at least one image; a ``dataset_config`` must
-    name a file inside it, and a ``dataset.toml`` (named or found) must be valid TOML.
+    name a file inside it, and a ``dataset.toml`` (named or found) must be valid TOML. A ``rights.toml`` in it
+    is checked and returned (a ``RightsRecord``; None without one).
     """
-    from atelier.training import IMAGE_EXTENSIONS, check_zip
+    from atelier.training import IMAGE_EXTENSIONS, check_zip, rights_in_zip
 
     files = check_zip(path)
+    rights = rights_in_zip(path, files)
     if not any(PurePosixPath(file).suffix.lower() in IMAGE_EXTENSIONS for file in files):
         raise AtelierError(
             f"{name} holds no images ({', '.join(IMAGE_EXTENSIONS)}); put the training photos in the zip",
@@ -324,9 +398,10 @@ def check_training_archive(path: Path, name: str, config: Mapping[str, Any]) -> 
     elif "dataset.toml" in files:
         wanted = "dataset.toml"
     else:
-        return
+        return rights
     with zipfile.ZipFile(path) as archive:
         parse_toml(archive.read(wanted), name=f"{name}/{wanted}", field="dataset_config")
+    return rights
 
 
 def _inside_archive(value: object, archive_name: str) -> str:
@@ -398,10 +473,13 @@ def submit_training(
     owner: str | None = None,
     webhook_url: str | None = None,
     archive_checked: bool = False,
+    rights: Mapping[str, Any] | None = None,
+    zip_rights: Any = None,
 ) -> Job:
     """Queue a LoRA training job for a zip in the training-data bucket (checked first).
 
-    ``archive_checked``: the caller already ran :func:`check_training_archive` on these bytes (an upload).
+    ``archive_checked``: the caller already ran :func:`check_training_archive` on these bytes (an upload), which
+    found ``zip_rights``. ``rights``: the request's own rights record (:mod:`atelier.service.training_rights`).
     """
     if not training_data.startswith("training-data/") or not training_data.lower().endswith(".zip"):
         raise AtelierError("training_data must be a .zip in the training-data bucket", field="training_data")
@@ -415,14 +493,23 @@ def submit_training(
     zip_name = PurePosixPath(training_data).name
     if not archive_checked:
         with _local_copy(studio, training_data) as local:
-            check_training_archive(local, zip_name, settings)
+            zip_rights = check_training_archive(local, zip_name, settings)
+    record = training_rights(
+        studio,
+        requested=rights,
+        settings=settings,
+        settings_name=PurePosixPath(config_key).name if config_key else "the training settings",
+        zip_rights=zip_rights,
+    )
+    settings.pop(RIGHTS_KEY, None)
     wanted = settings.get("output_name") or zip_name.removesuffix(".zip")
     payload = TrainPayload(
         training_data=training_data,
+        rights=record,
         config=settings,
         config_key=config_key,
         base=base_record.name,
         preset=preset,
         output_name=training_output_name(studio, wanted, training_data),
     )
-    return _submit(studio, "train", payload, uuid.uuid4().hex, priority, owner, webhook_url)
+    return submit_job(studio, "train", payload, uuid.uuid4().hex, priority, owner, webhook_url)

@@ -107,9 +107,23 @@ def spawn_worker_process(config: StudioConfig) -> LaneSpawn:
 
     def spawn(worker_id: str, lane: Lane) -> subprocess.Popen[bytes]:
         command = worker_command(config, worker_id, kinds=lane.kinds, parent_pid=os.getpid())
-        return subprocess.Popen(command)
+        return subprocess.Popen(command, env=worker_environment(config))
 
     return spawn
+
+
+# Settings a worker has no flag for, passed in its environment: it signs the outputs it writes.
+_ENVIRONMENT_SETTINGS = ("c2pa_cert", "c2pa_key", "c2pa_sign_callback", "c2pa_algorithm", "c2pa_tsa_url")
+
+
+def worker_environment(config: StudioConfig) -> dict[str, str]:
+    """This process's environment, plus the Content Credentials settings of ``config`` as ``ATELIER_*``."""
+    environment = dict(os.environ)
+    for name in _ENVIRONMENT_SETTINGS:
+        value = getattr(config, name)
+        if value is not None:
+            environment[f"ATELIER_{name.upper()}"] = str(value)
+    return environment
 
 
 @dataclass(frozen=True)
@@ -129,7 +143,8 @@ def studio_lanes(config: StudioConfig) -> list[Lane]:
     starts no worker until a run is queued, so an idle studio holds no training memory.
     """
     return [
-        Lane("generate", ("generate",), config.min_workers, config.max_workers),
+        # Captioning and product shots run on the same kind of machine as a generation: they share its lane.
+        Lane("generate", ("generate", "caption", "product"), config.min_workers, config.max_workers),
         Lane("train", ("train",), 0, config.max_train_workers),
     ]
 

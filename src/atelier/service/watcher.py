@@ -14,6 +14,11 @@ An object is processed only after its version has stayed the same for ``settle_s
 copied into a local folder is not picked up half-written (S3 objects appear only once complete anyway), and
 names used by copying tools for partial files are ignored. Each object version is processed exactly once, also
 across restarts and between several watchers, through the ledger in the database.
+
+With several ``serve`` replicas, only one watches at a time: :meth:`BucketWatcher.run` scans only while it holds
+the ``bucket-watcher`` leader lease (``service/leader.py``), so the buckets are listed once per interval, not once
+per replica; another replica takes over when the leader stops or dies. A1111's refresh endpoints still scan at
+once on whichever replica they reach: the ledger keeps that exactly-once too.
 """
 
 from __future__ import annotations
@@ -29,7 +34,10 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from atelier.errors import AtelierError
+from atelier.service.captioning import CAPTIONING_PREFIX
 from atelier.service.database import utc_now
+from atelier.service.leader import LeaderLease
+from atelier.service.model_folders import SEGMENTATION_PREFIX
 from atelier.service.modelfiles import FOLDER_MODEL_MARKER, PREVIEW_PREFIX, TOKENIZER_SUFFIX, folder_version
 from atelier.service.registry import inspect_model, model_name_for_key
 from atelier.service.storage import TEMP_PREFIX, ObjectInfo
@@ -41,6 +49,10 @@ logger = logging.getLogger(__name__)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 # Names that download managers, browsers and copy tools give files they are still writing.
 PARTIAL_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".tmp", ".temp", ".filepart", "~")
+# The leader lease of the watching replica. A leader renews it before every object it processes, so only a
+# replica that stopped (or a single object taking this long) lets another take over.
+WATCHER_LEASE = "bucket-watcher"
+WATCHER_LEASE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -82,11 +94,15 @@ def training_units(objects: list[ObjectInfo]) -> list[Unit]:
 def model_units(objects: list[ObjectInfo]) -> list[Unit]:
     """Group the models bucket into model files and diffusers folders."""
     # ControlNets are read from their folder by name (service/controlnets.py) and preview decoders from theirs
-    # (models/vae-approx/, engine/previews.py): neither is ever registered as a checkpoint.
+    # (models/vae-approx/, engine/previews.py): neither is ever registered as a checkpoint. Nor are captioning
+    # models (models/captioning/, service/captioning.py) or segmentation models (models/segmentation/, product.py).
     visible = [
         item
         for item in objects
-        if not _ignored(item.key) and not item.key.startswith(("models/controlnet/", PREVIEW_PREFIX + "/"))
+        if not _ignored(item.key)
+        and not item.key.startswith(
+            ("models/controlnet/", PREVIEW_PREFIX + "/", CAPTIONING_PREFIX + "/", SEGMENTATION_PREFIX + "/")
+        )
     ]
     folders = sorted(
         item.key[: -len(FOLDER_MODEL_MARKER) - 1]
@@ -120,18 +136,21 @@ class BucketWatcher:
         settle_seconds: float | None = None,
         watcher_id: str = "watcher",
         monotonic: Callable[[], float] = time.monotonic,
+        lease: LeaderLease | None = None,
     ) -> None:
         self.studio = studio
         self.settle_seconds = studio.config.settle_seconds if settle_seconds is None else settle_seconds
         self.watcher_id = watcher_id
         self._monotonic = monotonic
+        self.lease = lease or studio.leader_lease(WATCHER_LEASE, ttl_seconds=WATCHER_LEASE_SECONDS)
+        self.leading = False
         self._first_seen: dict[tuple[str, str], tuple[str, float]] = {}
         self._handled: set[tuple[str, str, str]] = set()
         self._lock = threading.Lock()
         self.wake = threading.Event()
 
-    def scan(self) -> ScanReport:
-        """One pass over both buckets."""
+    def scan(self, *, still_leading: Callable[[], bool] | None = None) -> ScanReport:
+        """One pass over both buckets; ``still_leading`` is asked before each object, and False ends the pass."""
         with self._lock:
             report = ScanReport()
             listed_at = utc_now()
@@ -139,6 +158,8 @@ class BucketWatcher:
             zips = training_units(storage.list("training-data"))
             models = model_units(storage.list("models"))
             for unit in [*self._settled(zips, report), *self._settled(models, report)]:
+                if still_leading is not None and not still_leading():
+                    return report  # another replica leads now; it will see what this one left
                 self._process(unit, report)
             self._unregister_missing({unit.key for unit in models}, listed_at, report)
             return report
@@ -245,12 +266,32 @@ class BucketWatcher:
                 )
                 report.unregistered.append(record.name)
 
+    def lead(self) -> bool:
+        """Take or renew the leader lease; True while this replica is the one that watches."""
+        leading = self.lease.acquire()
+        if leading != self.leading:
+            if leading:
+                logger.info("this process watches the buckets now (lease holder %s)", self.lease.holder)
+            else:
+                logger.info("another process watches the buckets (%s)", self.lease.current_holder())
+            self.leading = leading
+        return leading
+
     def run(self, stop: threading.Event, interval: float) -> None:
-        """Scan until ``stop`` is set (for a background thread). Setting :attr:`wake` scans at once."""
-        while not stop.is_set():
-            try:
-                self.scan()
-            except Exception:
-                logger.exception("bucket scan failed; retrying")
-            self.wake.wait(interval)
-            self.wake.clear()
+        """Scan until ``stop`` is set, while leading (for a background thread). :attr:`wake` scans at once."""
+        try:
+            while not stop.is_set():
+                try:
+                    if self.lead():
+                        self.scan(still_leading=self.lead)
+                except Exception:
+                    logger.exception("bucket scan failed; retrying")
+                self.wake.wait(interval)
+                self.wake.clear()
+        finally:
+            if self.leading:
+                try:
+                    self.lease.release()  # the next replica takes over now rather than when the lease expires
+                except Exception:
+                    logger.warning("could not release the bucket watcher's lease", exc_info=True)
+                self.leading = False

@@ -35,13 +35,23 @@ from atelier.service.jobs import JOB_KINDS, Job
 from atelier.service.lease import JobInterrupted, JobLease
 from atelier.service.modelfiles import PREVIEW_PREFIX, ModelFiles
 from atelier.service.studio import Studio
-from atelier.service.worker_board import BEAT_SECONDS
+from atelier.service.worker_board import BEAT_SECONDS, CHECKPOINT_CONTROL
 
 logger = logging.getLogger(__name__)
 
 # After this long without a job a worker polls less often, so idle workers cost the database little.
 IDLE_BACKOFF_AFTER_SECONDS = 10.0
 IDLE_POLL_SECONDS = 0.25
+# How often an idle worker looks for unload/reload-checkpoint requests (one settings read).
+CONTROL_LOOK_SECONDS = 1.0
+_NOT_LOOKED = object()
+
+
+def _free_accelerator_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def new_worker_id() -> str:
@@ -83,6 +93,9 @@ class Worker:
         # Set once warmed up (libraries imported, default model loaded), just before the first claim.
         self.ready = threading.Event()
         self.jobs_done = 0
+        # What an idle worker reports: "ready", or "unloaded" after an unload-checkpoint request.
+        self._idle_state = "ready"
+        self._control_serial: Any = _NOT_LOOKED
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -153,7 +166,29 @@ class Worker:
 
     def _report_while_running(self) -> None:
         while not self._finished.wait(BEAT_SECONDS):
-            self.report("stopping" if self._stop.is_set() else "ready")
+            self.report("stopping" if self._stop.is_set() else self._idle_state)
+
+    def _follow_checkpoint_control(self) -> None:
+        """Act on A1111's unload-checkpoint / reload-checkpoint (a studio setting, see worker_board)."""
+        control = self.studio.settings.get(CHECKPOINT_CONTROL)
+        serial = control.get("serial") if isinstance(control, dict) else None
+        if serial == self._control_serial:
+            return
+        first_look = self._control_serial is _NOT_LOOKED
+        self._control_serial = serial
+        if first_look or self._engine is None or "generate" not in self.kinds:
+            return  # a request made before this worker started is not for it: it loaded what it needs
+        assert isinstance(control, dict)
+        if control.get("action") == "unload":
+            self._engine.models.clear()
+            self._engine.controlnet_models.clear()
+            _free_accelerator_memory()
+            self._idle_state = "unloaded"
+            logger.info("models unloaded on request")
+        elif control.get("action") == "reload":
+            self._load_default_model()
+            self._idle_state = "ready"
+        self.report(self._idle_state)
 
     def run(self, *, idle_exit_seconds: float | None = None, max_jobs: int | None = None) -> int:
         """Process jobs until stopped (or idle that long, or ``max_jobs`` done); return how many ran."""
@@ -173,6 +208,7 @@ class Worker:
     def _run_jobs(self, idle_exit_seconds: float | None, max_jobs: int | None) -> int:
         last_activity = time.monotonic()
         next_requeue = 0.0
+        next_control_look = 0.0
         while not self._stop.is_set():
             if self._parent_gone():
                 logger.info("the process that started this worker is gone; stopping")
@@ -184,6 +220,9 @@ class Worker:
                 next_requeue = now + max(self.config.lease_seconds / 2, 0.05)
             job = self._safely(self._claim_if_queued)
             if job is None:
+                if now >= next_control_look:
+                    self._safely(self._follow_checkpoint_control)
+                    next_control_look = now + CONTROL_LOOK_SECONDS
                 idle_for = time.monotonic() - last_activity
                 if idle_exit_seconds is not None and idle_for >= idle_exit_seconds:
                     break
@@ -193,6 +232,7 @@ class Worker:
                 self._stop.wait(wait)
                 continue
             self.process(job)
+            self._idle_state = "ready"  # the job loaded what it needed
             self.report("stopping" if self._stop.is_set() else "ready")
             last_activity = time.monotonic()
             if max_jobs is not None and self.jobs_done >= max_jobs:
@@ -317,7 +357,14 @@ class Worker:
     @property
     def engine(self) -> Any:
         if self._engine is None:
-            from atelier.engine import Engine, LoraLibrary, ModelCache, PreviewDecoders
+            from atelier.engine import (
+                EmbeddingLibrary,
+                Engine,
+                LoraLibrary,
+                ModelCache,
+                PreviewDecoders,
+                VaeLibrary,
+            )
             from atelier.service.controlnets import controlnet_library
 
             self.files.lora_dir.mkdir(parents=True, exist_ok=True)
@@ -326,6 +373,8 @@ class Worker:
                 device=self.config.device,
                 models=ModelCache(memory_budget=None if budget is None else int(budget * 1024**3)),
                 loras=LoraLibrary(self.files.lora_dir),
+                embeddings=EmbeddingLibrary(self.files.embedding_dir),
+                vaes=VaeLibrary(self.files.vae_dir),
                 controlnets=controlnet_library(self.storage, self.config.cache_dir),
                 max_controlnet_units=self.config.max_controlnet_units,
                 # TAESD from the models bucket when it is a local folder; otherwise the weight-free preview.

@@ -24,7 +24,12 @@ from atelier.service.database import UtcDateTime, metadata, utc_now, write_engin
 BEAT_SECONDS = 5.0
 STALE_AFTER_SECONDS = 3 * BEAT_SECONDS
 KEEP_STOPPED = timedelta(days=7)
-WORKER_STATES = ("starting", "ready", "stopping", "stopped")
+# "unloaded": idle and ready, its models dropped on request (A1111's unload-checkpoint); the next job loads one.
+WORKER_STATES = ("starting", "ready", "unloaded", "stopping", "stopped")
+# The studio setting through which A1111's unload-checkpoint / reload-checkpoint reach every worker:
+# {"action": "unload" | "reload", "serial": n}. Workers act on a serial they have not seen, when idle.
+CHECKPOINT_CONTROL = "checkpoint_control"
+CHECKPOINT_ACTIONS = ("unload", "reload")
 
 workers_table = sa.Table(
     "workers",
@@ -118,9 +123,20 @@ class WorkerBoard:
         ]
 
     def generation_ready(self) -> bool:
-        """Whether a live generation worker has a model loaded: a request would start sampling at once."""
-        return any(record.state == "ready" and record.loaded_models for record in self.live("generate"))
+        """Whether a live generation worker has a model loaded (a request would start sampling at once), or
+        dropped its models on request: the studio is then ready as asked, and ``reload-checkpoint`` must reach it."""
+        return any(
+            (record.state == "ready" and record.loaded_models) or record.state == "unloaded"
+            for record in self.live("generate")
+        )
 
     def model_loads_total(self) -> int:
         """Model loads from disk by every worker this board has seen (stopped ones included, for a week)."""
         return sum(record.model_loads for record in self.list())
+
+
+def request_checkpoint_action(settings: Any, action: str, serial: int) -> None:
+    """Ask every generation worker to drop (``unload``) or load again (``reload``) its models."""
+    if action not in CHECKPOINT_ACTIONS:
+        raise ValueError(f"action must be one of {CHECKPOINT_ACTIONS}")
+    settings.update({CHECKPOINT_CONTROL: {"action": action, "serial": serial}})

@@ -30,6 +30,13 @@ _EXPORTS = {
     "TrainConfig": "config",
     "load_train_config": "config",
     "IMAGE_EXTENSIONS": "dataset_config",
+    "RIGHTS_FILE": "rights",
+    "RightsRecord": "rights",
+    "find_rights": "rights",
+    "parse_rights": "rights",
+    "read_rights": "rights",
+    "rights_from_metadata": "rights",
+    "rights_in_zip": "rights",
     "TrainProgress": "recipe",
     "TrainResult": "recipe",
     "train_lora": "recipe",
@@ -47,4 +54,13 @@ if TYPE_CHECKING:
     from atelier.training.config import FIELD_NAMES, FIELD_TYPES, PRESETS, TrainConfig, load_train_config
     from atelier.training.dataset_config import IMAGE_EXTENSIONS
     from atelier.training.recipe import TrainProgress, TrainResult, train_lora
+    from atelier.training.rights import (
+        RIGHTS_FILE,
+        RightsRecord,
+        find_rights,
+        parse_rights,
+        read_rights,
+        rights_from_metadata,
+        rights_in_zip,
+    )
     from atelier.training.state import STATE_FILE

@@ -45,6 +45,7 @@ from atelier.training.buckets import bucket_info
 from atelier.training.config import TrainConfig
 from atelier.training.dataset import ImageItem, tag_frequency
 from atelier.training.dataset_config import DatasetConfig
+from atelier.training.rights import RightsRecord
 
 DIFFUSERS_WEIGHT_NAME = DIFFUSERS_LORA_FILE
 SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -205,6 +206,10 @@ class RunInfo:
     reg_dataset_dirs: dict[str, dict[str, int]] = field(default_factory=dict)
     # With a dataset config: one entry per [[datasets]] in kohya's ``ss_datasets`` shape (see datasets_metadata).
     datasets: list[dict[str, Any]] | None = None
+    # What the LoRA learned from, as one hash (run_report.dataset_sha256): the images' bytes and captions.
+    dataset_sha256: str | None = None
+    # Who owns the images and the consent of the people shown (atelier.training.rights), when recorded.
+    rights: RightsRecord | None = None
 
 
 def _text(value: Any) -> str:
@@ -389,6 +394,11 @@ def kohya_metadata(
     }
     if run.base_model_hash:
         values["ss_new_sd_model_hash"] = run.base_model_hash
+    if run.dataset_sha256:
+        # kohya has no key for it; named like modelspec's keys, so no future ss_* key can collide with it.
+        values["atelier.dataset_sha256"] = run.dataset_sha256
+    if run.rights is not None:
+        values.update(run.rights.metadata())
     if run.datasets is not None:
         for key in _SINGLE_DATASET_KEYS:
             values.pop(key, None)

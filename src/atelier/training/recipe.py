@@ -43,11 +43,13 @@ from atelier.errors import AtelierError
 from atelier.files import read_toml
 from atelier.training import hardware, lora_files, network, report, run_report
 from atelier.training.archive import extract_zip
+from atelier.training.auto_captions import missing_captions, write_captions
 from atelier.training.config import TrainConfig
 from atelier.training.data import EpochBatches, Example, LatentCache, TrainingData, encode_latents
 from atelier.training.dataset import ImageItem, scan_dataset
 from atelier.training.dataset_config import DatasetConfig, SubsetConfig, from_folder, parse_dataset_config
 from atelier.training.noise import min_snr_weights, sample_noise, sample_timesteps, training_target
+from atelier.training.rights import RightsRecord
 from atelier.training.samples import SamplePrompt, generate_class_images, load_sample_prompts, render_samples
 from atelier.training.state import (
     STATE_FILE,
@@ -94,6 +96,7 @@ class TrainResult:
     summary: dict[str, Any]
     run_dir: Path
     stopped: bool = False
+    captioned: list[Path] = field(default_factory=list)  # caption files written by caption_model
 
 
 def train_lora(
@@ -107,20 +110,31 @@ def train_lora(
     on_progress: Callable[[TrainProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     log: Callable[[str], None] | None = None,
+    caption_model: Path | None = None,
+    rights: RightsRecord | None = None,
 ) -> TrainResult:
     """Train a LoRA on ``data`` (a .zip or a folder of captioned images) and write it into ``out_dir``.
 
     ``dataset_config`` is a kohya dataset.toml; with ``data`` its relative ``image_dir`` values are folders of
     ``data`` (and may not leave it), without ``data`` they are relative to the TOML file. ``should_stop`` is
     checked after every step: the run then saves its state and returns, and ``resume=True`` continues it.
+    ``caption_model`` (a folder in ``models/captioning/``) first captions the images that have no caption, in
+    the run's copy of the data (:mod:`atelier.training.auto_captions`); without it nothing is captioned.
+    ``rights`` (:mod:`atelier.training.rights`) is written into every saved LoRA file's metadata.
     Raises AtelierError for anything the user can fix; a run folder created by a call that fails before
     training starts is removed again.
     """
     run_dir = Path(out_dir).resolve()
     created = not run_dir.exists()
-    recipe = LoraRecipe(config, run_dir=run_dir, log=log)
+    recipe = LoraRecipe(config, run_dir=run_dir, log=log, rights=rights)
     try:
-        recipe.setup(data=data, base_model=Path(base_model), dataset_config=dataset_config, resume=resume)
+        recipe.setup(
+            data=data,
+            base_model=Path(base_model),
+            dataset_config=dataset_config,
+            resume=resume,
+            caption_model=caption_model,
+        )
     except BaseException:
         if created and recipe.is_main_process:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -132,9 +146,15 @@ class LoraRecipe:
     """Holds everything a run needs between :meth:`setup` and :meth:`train`."""
 
     def __init__(
-        self, config: TrainConfig, *, run_dir: Path, log: Callable[[str], None] | None = None
+        self,
+        config: TrainConfig,
+        *,
+        run_dir: Path,
+        log: Callable[[str], None] | None = None,
+        rights: RightsRecord | None = None,
     ) -> None:
         self.config = config
+        self.rights = rights
         self.run_dir = run_dir
         self._log = log or logger.info
         self.warnings: list[str] = []
@@ -157,7 +177,13 @@ class LoraRecipe:
     # -- setup ------------------------------------------------------------------------------------------------
 
     def setup(
-        self, *, data: Path | None, base_model: Path, dataset_config: Path | None, resume: bool
+        self,
+        *,
+        data: Path | None,
+        base_model: Path,
+        dataset_config: Path | None,
+        resume: bool,
+        caption_model: Path | None = None,
     ) -> None:
         config = self.config.validate()
         self.family = self._check_base_model(base_model)
@@ -173,9 +199,10 @@ class LoraRecipe:
         )
         self.sample_prompts: list[SamplePrompt] = load_sample_prompts(config.sample_prompts, warn=self.warn)
 
-        data_dir = self._prepare_data(data, resume)
+        data_dir = self._prepare_data(data, resume, copy_folder=caption_model is not None)
         self.uses_dataset_config = dataset_config is not None
         self.datasets = self._dataset_configs(data_dir, dataset_config)
+        self.captioned = self._caption_missing(caption_model, data_dir)
         self.items = self._scan()
 
         self.log(f"loading {base_model}")
@@ -252,19 +279,37 @@ class LoraRecipe:
         broadcast_object_list(chosen)
         return chosen[0]
 
-    def _prepare_data(self, data: Path | None, resume: bool) -> Path | None:
+    def _prepare_data(self, data: Path | None, resume: bool, *, copy_folder: bool = False) -> Path | None:
+        """The folder of training images: the given folder itself, or the run's copy (extracted zip, copy).
+
+        ``copy_folder``: a folder is copied into the run too, so that captions written for it stay out of the
+        user's folder. A resumed run reuses its copy.
+        """
         if data is None:
             return None
         data = Path(data)
-        if data.is_dir():
+        target = self.run_dir / DATASET_FOLDER
+        if data.is_dir() and not copy_folder:
             return data.resolve()
+        if data.is_dir():
+            if self.is_main_process and not (resume and target.is_dir()):
+                self.log(f"copying {data} into the run folder, where the new captions are written")
+                # A run folder inside the data folder is not part of the data (and would copy into itself).
+                shutil.copytree(
+                    data,
+                    target,
+                    ignore=lambda folder, names: [
+                        n for n in names if Path(folder, n).resolve() == self.run_dir
+                    ],
+                )
+            self.accelerator.wait_for_everyone()
+            return target
         if not data.exists():
             raise AtelierError(f"training data not found: {data}", field="data")
         if data.suffix.lower() != ".zip":
             raise AtelierError(
                 f"training data must be a folder or a .zip file, got {data.name}", field="data"
             )
-        target = self.run_dir / DATASET_FOLDER
         if self.is_main_process and not (resume and target.is_dir()):
             self.log(f"extracting {data.name}")
             extract_zip(data, target)
@@ -317,6 +362,29 @@ class LoraRecipe:
                 field="reg_data_dir",
             )
         return path
+
+    def _caption_missing(self, caption_model: Path | None, data_dir: Path | None) -> list[Path]:
+        """Caption the training images that have none, in the run's copy of the data; return the files."""
+        if caption_model is None:
+            return []
+        if data_dir is None:
+            raise AtelierError(
+                "captioning missing captions needs the training data as a folder or .zip: the captions are "
+                "written into the run's copy of it",
+                field="caption_missing",
+            )
+        missing = missing_captions(
+            [subset for dataset in self.datasets for subset in dataset.subsets],
+            inside=data_dir,
+            instance_prompt=self.config.instance_prompt,
+        )
+        written: list[Path] = []
+        if self.is_main_process:
+            written = write_captions(missing, caption_model, device=str(self.device), log=self.log)
+            folder = data_dir.relative_to(self.run_dir).as_posix()
+            self.log(f"{len(written)} caption(s) written into {folder}/ of the run folder")
+        self.accelerator.wait_for_everyone()
+        return written
 
     def _scan(self) -> list[list[ImageItem]]:
         return [
@@ -950,6 +1018,7 @@ class LoraRecipe:
             summary=summary,
             run_dir=self.run_dir,
             stopped=stopped,
+            captioned=self.captioned,
         )
 
 

@@ -6,14 +6,17 @@ they are written (:mod:`atelier.training.lora_files` and :mod:`atelier.training.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from atelier.errors import AtelierError
 from atelier.training import lora_files
-from atelier.training.dataset import tag_frequency
+from atelier.training.dataset import ImageItem, tag_frequency
 from atelier.training.state import STATE_FILE
 
 if TYPE_CHECKING:
@@ -91,7 +94,36 @@ def run_info(recipe: LoraRecipe) -> lora_files.RunInfo:
         datasets=lora_files.datasets_metadata(recipe.datasets, recipe.items, recipe.data.assigned)
         if recipe.uses_dataset_config
         else None,
+        dataset_sha256=dataset_sha256(item for items in recipe.items for item in items),
+        rights=recipe.rights,
     )
+
+
+def dataset_sha256(items: Iterable[ImageItem]) -> str:
+    """One hash of what a LoRA learned from: each image's bytes and caption, regularisation images marked.
+
+    Lines are sorted by content, so the hash names the data whatever its folder or file names; one changed
+    pixel or word changes it. Generated images record it (Content Credentials), linking them to the dataset.
+    Hashed once per run (the files' sizes and times are the cache key), not at every saved epoch.
+    """
+    entries = []
+    for item in items:
+        stat = item.path.stat()
+        entries.append((str(item.path), stat.st_mtime_ns, stat.st_size, item.caption, item.is_reg))
+    return _hash_entries(tuple(sorted(entries)))
+
+
+@functools.lru_cache(maxsize=4)
+def _hash_entries(entries: tuple[tuple[str, int, int, str, bool], ...]) -> str:
+    lines = []
+    for path, _, _, caption, is_reg in entries:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+        caption_digest = hashlib.sha256(caption.encode("utf-8")).hexdigest()
+        lines.append(f"{digest.hexdigest()} {caption_digest} {'reg' if is_reg else 'train'}")
+    return hashlib.sha256("\n".join(sorted(lines)).encode("utf-8")).hexdigest()
 
 
 def summary(

@@ -1,15 +1,20 @@
-"""Writing an ad: PNGs with their metadata, the animated GIF, and the MP4 through ffmpeg when it is installed."""
+"""Writing an ad: PNGs with their metadata, the animated GIF, and the MP4 through ffmpeg when it is installed.
+
+Every file carries the ad's AI disclosure (:func:`ad_provenance`), and Content Credentials when a signer is
+given, through the engine's one encoder (PNG) or its finisher for files other writers make (GIF, MP4).
+"""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from atelier import __version__
 from atelier.campaign.ad.render import AdRenderer, PlacedText
@@ -24,17 +29,28 @@ from atelier.campaign.ad.spec import (
 from atelier.campaign.templates import (
     Template,
 )
+from atelier.engine import Ingredient, Provenance, combined_source_type, finish_file, source_type_of
 from atelier.files import write_atomic
+from atelier.images import open_image
 
 
-def save_png(image: Image.Image, info: PngImagePlugin.PngInfo, path: Path) -> None:
-    image.save(path, format="PNG", pnginfo=info)
+def ad_provenance(files: Sequence[tuple[str, Path]], *, with_ingredients: bool) -> Provenance:
+    """An ad is a composition: AI-made (``compositeWithTrainedAlgorithmicMedia``) when any of its ``(name,
+    file)`` materials says so (its XMP, or A1111 infotext), else a plain ``composite``. The files become the
+    ingredients of its Content Credentials when ``with_ingredients`` (only read then)."""
+    types, ingredients = [], []
+    for name, path in files:
+        with open_image(path, field="materials", label=name, load=False) as opened:
+            types.append(source_type_of(opened))
+        if with_ingredients:
+            ingredients.append(Ingredient(name, path.read_bytes()))
+    return Provenance(combined_source_type(types), ingredients=tuple(ingredients))
 
 
-def png_info(
+def png_text(
     spec: AdSpec, template: Template, channel: Channel, renderer: AdRenderer, placed: list[PlacedText]
-) -> PngImagePlugin.PngInfo:
-    info = PngImagePlugin.PngInfo()
+) -> dict[str, str]:
+    """The PNG text chunks of a channel's image: what it is made of, and the software."""
     record = {
         "channel": channel.name,
         "size": [channel.width, channel.height],
@@ -45,9 +61,7 @@ def png_info(
         "truncated": [text.role for text in placed if text.truncated],
         "logo": spec.logo,
     }
-    info.add_text(METADATA_KEY, json.dumps(record, ensure_ascii=True))
-    info.add_text("Software", f"Atelier {__version__}")
-    return info
+    return {METADATA_KEY: json.dumps(record, ensure_ascii=True), "Software": f"Atelier {__version__}"}
 
 
 @dataclass(frozen=True)
@@ -96,7 +110,9 @@ def build_animation(
     return _Animation(keys, steps)
 
 
-def save_gif(animation: _Animation, path: Path, max_side: int, comment: str) -> None:
+def save_gif(
+    animation: _Animation, path: Path, max_side: int, comment: str, provenance: Provenance, signer: Any = None
+) -> None:
     width, height = animation.keys[0].size
     scale = min(1.0, max_side / max(width, height))
     size = (max(round(width * scale), 1), max(round(height * scale), 1))
@@ -117,11 +133,12 @@ def save_gif(animation: _Animation, path: Path, max_side: int, comment: str) -> 
             loop=0,
             comment=comment,
         )
+        finish_file(temp, "image/gif", provenance, title=path.name, signer=signer)
 
     write_atomic(path, write)
 
 
-def save_video(animation: _Animation, path: Path) -> str | None:
+def save_video(animation: _Animation, path: Path, provenance: Provenance, signer: Any = None) -> str | None:
     """Encode the animation to MP4 with ffmpeg; returns why not when it could not."""
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
@@ -155,6 +172,7 @@ def save_video(animation: _Animation, path: Path) -> str | None:
                     stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {process.returncode}"
                 )
                 raise _VideoError(f"ffmpeg ({codec}) failed: {last_line}")
+            finish_file(temp, "video/mp4", provenance, title=path.name, signer=signer)
 
         try:
             write_atomic(path, encode)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from atelier.campaign.batch.backends import Backend
 from atelier.campaign.batch.catalog import Catalog, CatalogRow, PhotoFile, _photo
@@ -21,6 +21,7 @@ from atelier.campaign.batch.scenes import HASHED_SETTINGS, Scene
 from atelier.engine import (
     GeneratedImage,
     GenerationRequest,
+    Ingredient,
     check_name,
     save_image,
 )
@@ -229,7 +230,8 @@ def _record(
         mode=request.mode,
         size=f"{item.image.width}x{item.image.height}",
         image=job.image.relative if job.image else None,
-        mask=job.mask.relative if job.mask else None,
+        # A photo cut out automatically (its transparency or a SAM model) has no mask file.
+        mask=job.mask.relative if job.mask else ("automatic" if request.mask is not None else None),
     )
     return {
         "sku": job.sku,
@@ -250,13 +252,27 @@ def run_batch(
     *,
     on_problem: Callable[[BatchProblem], None] | None = None,
     progress: bool = True,
+    output_format: str = "png",
+    quality: int | None = None,
+    signer: Any = None,
+    segmenter: Any = None,
 ) -> BatchSummary:
     """Make the plan's images one by one, appending each to the manifest as soon as its file is written.
+
+    Files are ``output_format`` (png, jpeg, webp, at ``quality``), with their AI disclosure, and signed with
+    Content Credentials by ``signer`` (an ``atelier.engine.ContentSigner``), the product photo as parent.
+
+    A row with a photo and no mask is a product shot: the product's mask comes from the photo's transparency,
+    else from ``segmenter`` (a SAM model, ``campaign.product.SamSegmenter``); the scene is inpainted around it
+    and the product laid again from the photo, exact. An opaque photo with no segmenter is img2img of the
+    whole photo, as before.
 
     A problem with one image (the engine or the studio refusing the request) is passed to ``on_problem`` and
     the batch goes on. Problems found while planning are part of the summary but not passed again.
     """
     from tqdm import tqdm
+
+    from atelier.campaign.product import relay_product  # campaign.product uses this package's backends
 
     summary = BatchSummary(plan.total, plan.done, [], list(plan.problems), plan.manifest.dropped)
     photos = _DecodedPhotos()
@@ -267,8 +283,14 @@ def run_batch(
             bar.set_postfix_str(f"{job.sku} / {job.scene.name}", refresh=False)
             try:
                 init_image, mask = photos.of(job)
+                product = photos.product_mask(job, segmenter)
+                if product is not None:
+                    # A photo without a mask: everything but the product is the scene to generate.
+                    mask = ImageOps.invert(product)
                 request = dataclasses.replace(job.request, init_image=init_image, mask=mask)
                 item = backend.generate(request)
+                if product is not None and init_image is not None:
+                    item = dataclasses.replace(item, image=relay_product(item.image, init_image, product))
             except AtelierError as exc:
                 problem = BatchProblem(job.sku, str(exc), job.row.line, scene=job.scene.name, seed=job.seed)
                 summary.problems.append(problem)
@@ -276,7 +298,17 @@ def run_batch(
                     on_problem(problem)
                 bar.update(1)
                 continue
-            path = save_image(item, plan.out_dir / job.sku / job.scene.name)
+            photo: tuple[Ingredient, ...] = ()
+            if signer is not None and job.image is not None:
+                photo = (Ingredient(job.image.relative, job.image.path.read_bytes(), "parentOf"),)
+            path = save_image(
+                item,
+                plan.out_dir / job.sku / job.scene.name,
+                output_format=output_format,
+                quality=quality,
+                signer=signer,
+                ingredients=photo,
+            )
             record = _record(job, request, item, path, plan.out_dir, backend)
             plan.manifest.append(record)
             summary.generated.append(record)
@@ -290,6 +322,21 @@ class _DecodedPhotos:
     def __init__(self) -> None:
         self.line: int | None = None
         self.images: tuple[Image.Image | None, Image.Image | None] = (None, None)
+        self._product: tuple[int, Image.Image | None] | None = None
+
+    def product_mask(self, job: BatchJob, segmenter: Any) -> Image.Image | None:
+        """The automatic product mask of a row with a photo and no mask (None: there is none to find)."""
+        image, mask = self.of(job)
+        if image is None or mask is not None:
+            return None
+        if self._product is None or self._product[0] != job.row.line:
+            from atelier.campaign.product import alpha_mask, product_mask
+
+            found = None
+            if alpha_mask(image) is not None or segmenter is not None:
+                found = product_mask(image, segmenter=segmenter)
+            self._product = (job.row.line, found)
+        return self._product[1]
 
     def of(self, job: BatchJob) -> tuple[Image.Image | None, Image.Image | None]:
         if job.row.line != self.line:

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from atelier import __version__
 from atelier.service.api.a1111 import build_a1111_router
 from atelier.service.api.a1111_extras import build_a1111_extras_router, build_internal_router
+from atelier.service.api.a1111_interrogate import build_a1111_interrogate_router
 from atelier.service.api.campaign import build_campaign_router
 from atelier.service.api.common import (
     DOCS_ASSETS,
@@ -23,7 +24,10 @@ from atelier.service.api.common import (
     install_error_handlers,
 )
 from atelier.service.api.controlnet import build_controlnet_router
+from atelier.service.api.models import build_models_router
 from atelier.service.api.native import build_native_router
+from atelier.service.api.product import build_product_router
+from atelier.service.api.provenance import build_provenance_router
 from atelier.service.api.styles import build_styles_router
 from atelier.service.metrics import StudioMetrics
 from atelier.service.security import AccessPolicy
@@ -82,12 +86,16 @@ def create_app(
     # answer from outside AuthMiddleware, in plain text instead of the API's JSON error.
     limit = studio.config.max_request_bytes
     app.include_router(build_native_router(studio.config), max_body_size=limit, responses=ERROR_RESPONSES)
+    app.include_router(build_models_router(studio.config), max_body_size=limit, responses=ERROR_RESPONSES)
     app.include_router(build_a1111_router(), max_body_size=limit, responses=ERROR_RESPONSES)
     app.include_router(build_a1111_extras_router(), max_body_size=limit, responses=ERROR_RESPONSES)
+    app.include_router(build_a1111_interrogate_router(), max_body_size=limit, responses=ERROR_RESPONSES)
     app.include_router(build_internal_router(), responses=ERROR_RESPONSES)
     app.include_router(build_styles_router(), max_body_size=limit, responses=ERROR_RESPONSES)
     app.include_router(build_controlnet_router(), max_body_size=limit, responses=ERROR_RESPONSES)
     app.include_router(build_campaign_router(), max_body_size=limit, responses=ERROR_RESPONSES)
+    app.include_router(build_product_router(), max_body_size=limit, responses=ERROR_RESPONSES)
+    app.include_router(build_provenance_router(), max_body_size=limit, responses=ERROR_RESPONSES)
 
     @app.get(
         "/metrics",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -27,6 +28,7 @@ from atelier import __version__
 from atelier.errors import AtelierError, JobFailedError, JobTimeoutError, NotFoundError
 from atelier.service.api.a1111_requests import (
     FIXED_OPTIONS,
+    NO_EXTERNAL_VAE,
     A1111Response,
     Img2ImgRequest,
     PngInfoRequest,
@@ -49,6 +51,7 @@ from atelier.service.registry import ModelRecord
 from atelier.service.security import decode_image
 from atelier.service.studio import Studio
 from atelier.service.submit import PreparedGeneration, submit_generation
+from atelier.service.worker_board import request_checkpoint_action
 
 # A1111's scheduler names (modules/sd_schedulers.py) for the schedule types Atelier offers.
 _SCHEDULER_RHO = {"Karras": 7.0}
@@ -272,6 +275,13 @@ def build_a1111_router() -> APIRouter:
             updates["sd_model_checkpoint"] = studio.registry.find_checkpoint(
                 name, field="sd_model_checkpoint"
             ).title
+        if "sd_vae" in updates and updates["sd_vae"] not in NO_EXTERNAL_VAE:
+            name = updates["sd_vae"]
+            if not isinstance(name, str):
+                raise AtelierError("sd_vae must be a VAE name, Automatic or None", field="sd_vae")
+            updates["sd_vae"] = (
+                studio.registry.get(name.removesuffix(".safetensors"), "vae").name + ".safetensors"
+            )
         if "CLIP_stop_at_last_layers" in updates:
             value = updates["CLIP_stop_at_last_layers"]
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 12:
@@ -366,6 +376,24 @@ def build_a1111_router() -> APIRouter:
     @router.post("/refresh-loras")
     def refresh_loras(request: Request) -> None:
         _wake_watcher(request)
+
+    @router.post("/refresh-embeddings")
+    def refresh_embeddings(request: Request) -> None:
+        _wake_watcher(request)
+
+    @router.post("/refresh-vae")
+    def refresh_vae(request: Request) -> None:
+        _wake_watcher(request)
+
+    @router.post("/unload-checkpoint", summary="Every generation worker drops its models (admin key)")
+    def unload_checkpoint(request: Request, studio: StudioDep) -> None:
+        require_admin(request, "unloading the models")
+        request_checkpoint_action(studio.settings, "unload", time.time_ns())
+
+    @router.post("/reload-checkpoint", summary="Every generation worker loads the default model again")
+    def reload_checkpoint(request: Request, studio: StudioDep) -> None:
+        require_admin(request, "reloading the models")
+        request_checkpoint_action(studio.settings, "reload", time.time_ns())
 
     @router.get("/scripts")
     def scripts() -> dict[str, list[str]]:

@@ -2,8 +2,8 @@
 
 Every listing answers from what Atelier really has, in A1111's shapes, so tools that read them before calling
 work: upscalers are the built-in ones (model upscalers need spandrel, which needs torchvision, which Atelier does
-not install), latent upscale modes are those the hires fix offers, and kinds Atelier has none of (hypernetworks,
-face restorers, external VAEs, textual inversions, extensions) are empty lists. ``docs/a1111.md`` lists the
+not install), latent upscale modes are those the hires fix offers, VAEs and embeddings are the registered ones,
+and kinds Atelier has none of (hypernetworks, face restorers, extensions) are empty lists. ``docs/a1111.md`` lists the
 differences.
 """
 
@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from atelier.errors import AtelierError
-from atelier.service.security import decode_image
+from atelier.service.api.a1111_requests import current_model
+from atelier.service.security import decode_upload
 from atelier.service.studio import Studio
 
 # A1111's resize_mode of the extras tab: 0 = scale by upscaling_resize, 1 = to upscaling_resize_w x _h.
@@ -74,7 +75,7 @@ def _upscale_one(studio: Studio, encoded: str, options: ExtrasOptions, field: st
     check_upscaler_name(options.upscaler_1, field="upscaler_1")
     check_upscaler_name(options.upscaler_2, field="upscaler_2")
     limit = studio.config.max_image_pixels
-    image = decode_image(encoded, field=field, max_pixels=limit)
+    original, image = decode_upload(encoded, field=field, max_pixels=limit)
     if options.resize_mode == 0:
         target = (int(image.width * options.upscaling_resize), int(image.height * options.upscaling_resize))
         field_name = "upscaling_resize"
@@ -95,9 +96,24 @@ def _upscale_one(studio: Studio, encoded: str, options: ExtrasOptions, field: st
         second=options.upscaler_2,
         second_visibility=options.extras_upscaler_2_visibility,
     )
-    buffer = io.BytesIO()
-    result.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return base64.b64encode(_upscaled_png(studio, result, image, original)).decode("ascii")
+
+
+def _upscaled_png(studio: Studio, result: Any, image: Any, original: bytes) -> bytes:
+    """The upscale keeps what its source declares: an AI picture stays disclosed as such (and is signed, the
+    source as its parent). The upscalers here are classical filters, so a picture that declares nothing is
+    resized without any claim being added."""
+    from atelier.engine import Ingredient, Provenance, encode_image, source_type_of
+
+    source_type = source_type_of(image)
+    if source_type is None:
+        buffer = io.BytesIO()
+        result.save(buffer, format="PNG")
+        return buffer.getvalue()
+    provenance = Provenance(
+        source_type, ingredients=(Ingredient("source image", original, "parentOf"),), action="c2pa.resized"
+    )
+    return encode_image(result, provenance, signer=studio.signer, title="upscaled.png")
 
 
 def _memory() -> dict[str, Any]:
@@ -168,17 +184,40 @@ def build_a1111_extras_router() -> APIRouter:
     def hypernetworks() -> list[dict[str, Any]]:
         return []
 
-    @router.get("/sd-vae", summary="External VAEs (each checkpoint uses its own VAE)")
-    def sd_vae() -> list[dict[str, Any]]:
-        return []
+    @router.get("/sd-vae", summary="External VAEs in models/vae/ (override_settings.sd_vae picks one)")
+    def sd_vae(request: Request) -> list[dict[str, Any]]:
+        studio: Studio = request.app.state.studio
+        return [
+            {"model_name": f"{record.name}.safetensors", "filename": record.filename}
+            for record in studio.registry.list("vae")
+        ]
 
     @router.get("/sd-modules", summary="Extra text-encoder modules (none)")
     def sd_modules() -> list[dict[str, Any]]:
         return []
 
-    @router.get("/embeddings", summary="Textual inversion embeddings (not supported yet: none)")
-    def embeddings() -> dict[str, dict[str, Any]]:
-        return {"loaded": {}, "skipped": {}}
+    @router.get(
+        "/embeddings",
+        summary="Textual inversion embeddings: those for the current model's family, and the rest",
+    )
+    def embeddings(request: Request) -> dict[str, dict[str, Any]]:
+        studio: Studio = request.app.state.studio
+        try:
+            family = current_model(studio).family
+        except AtelierError:
+            family = None
+        answer: dict[str, dict[str, Any]] = {"loaded": {}, "skipped": {}}
+        for record in studio.registry.list("embedding"):
+            facts = (record.details.get("metadata") or {}) if isinstance(record.details, dict) else {}
+            entry = {
+                "step": None,
+                "sd_checkpoint": None,
+                "sd_checkpoint_name": None,
+                "shape": int(facts.get("width", 0)) or None,
+                "vectors": int(facts.get("vectors", 0)) or None,
+            }
+            answer["loaded" if record.family == family else "skipped"][record.name] = entry
+        return answer
 
     @router.get("/extensions", summary="Extensions (Atelier has none; ControlNet is built in)")
     def extensions() -> list[dict[str, Any]]:

@@ -30,11 +30,12 @@ A1111_FIELDS = {
     "refiner": "refiner_checkpoint",
     "clip_skip": "CLIP_stop_at_last_layers",
     "lora": "prompt",
+    "vae": "sd_vae",
 }
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
 # A1111's options as a stock install reports them, with its defaults. Honoured (setting them changes what
-# Atelier does): sd_model_checkpoint, CLIP_stop_at_last_layers, live_previews_enable,
-# show_progress_every_n_steps. Fixed (only this value is accepted): samples_format, sd_vae. Stored and ignored
+# Atelier does): sd_model_checkpoint, sd_vae, CLIP_stop_at_last_layers, live_previews_enable,
+# show_progress_every_n_steps. Fixed (only this value is accepted): samples_format. Stored and ignored
 # (they steer A1111's own UI or features Atelier does not have): the rest. docs/a1111.md lists them.
 DEFAULT_OPTIONS: dict[str, Any] = {
     "samples_format": "png",
@@ -66,7 +67,10 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "outdir_extras_samples": "outputs/extras-images",
 }
 # Options whose value Atelier checks because it acts on them (or accepts only one value of).
-FIXED_OPTIONS = {"samples_format": ("png",), "sd_vae": ("Automatic", "None")}
+FIXED_OPTIONS = {"samples_format": ("png",)}
+# sd_vae values that keep the checkpoint's own VAE. (A1111's "Automatic" also picks a VAE file named like the
+# checkpoint; Atelier does not guess: a VAE is used only when named.)
+NO_EXTERNAL_VAE = ("Automatic", "None", "")
 
 
 def studio_options(studio: Studio) -> dict[str, Any]:
@@ -243,6 +247,11 @@ def _generation_values(body: ProcessingRequest, options: dict[str, Any]) -> dict
         "clip_skip": clip_skip,
         "tiling": bool(body.tiling),
     }
+    vae = overrides.get("sd_vae", options.get("sd_vae", "Automatic"))
+    if not isinstance(vae, str):
+        raise AtelierError("sd_vae must be a VAE name, Automatic or None", field="sd_vae")
+    if vae not in NO_EXTERNAL_VAE:
+        values["vae"] = vae
     if body.refiner_switch_at is not None:
         values["refiner_switch_at"] = body.refiner_switch_at
     return values

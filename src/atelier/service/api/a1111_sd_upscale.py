@@ -113,7 +113,7 @@ async def run_sd_upscale(
         results[0].infotexts[0]
         + f", Script: SD upscale, SD upscale overlap: {overlap}, SD upscale upscaler: {upscaler}"
     )
-    encoded_result = await run_in_threadpool(png_base64, merged, infotext)
+    encoded_result = await run_in_threadpool(png_base64, merged, infotext, studio.signer)
     return {
         "images": [encoded_result] if body.send_images else [],
         "parameters": body.model_dump(exclude={"init_images", "mask"}),

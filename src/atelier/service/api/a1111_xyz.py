@@ -372,8 +372,9 @@ async def run_xyz(
         images += pictures
         infotexts += [result.infotexts[0] for result in results]
         seeds += [result.seeds[0] for result in results]
+    signer = request.app.state.studio.signer
     encoded = await run_in_threadpool(
-        lambda: [_png_base64(image, text) for image, text in zip(images, infotexts, strict=True)]
+        lambda: [png_base64(image, text, signer) for image, text in zip(images, infotexts, strict=True)]
     )
     return {
         "images": encoded if body.send_images else [],
@@ -412,25 +413,20 @@ async def run_cells(
     return prepared, finished, results, pictures
 
 
-def png_base64(image: Any, infotext: str) -> str:
-    """A picture as base64 PNG with A1111's ``parameters`` infotext."""
-    return _png_base64(image, infotext)
+def png_base64(image: Any, infotext: str, signer: Any = None) -> str:
+    """A picture as base64 PNG with A1111's ``parameters`` infotext and its AI disclosure, signed with the
+    studio's signer: a cell keeps what its stored file declares; a grid or a redrawn upscale is a composite."""
+    from atelier.engine import COMPOSITE, Provenance, encode_image, source_type_of
+
+    provenance = Provenance(source_type_of(image) or COMPOSITE)
+    data = encode_image(image, provenance, infotext=infotext, signer=signer)
+    return base64.b64encode(data).decode("ascii")
 
 
 def _open(studio: Studio, key: str) -> Any:
     from atelier.images import open_image
 
     return open_image(studio.storage.get_bytes(key), field=key, max_pixels=studio.config.max_image_pixels)
-
-
-def _png_base64(image: Any, infotext: str) -> str:
-    from PIL import PngImagePlugin
-
-    metadata = PngImagePlugin.PngInfo()
-    metadata.add_text("parameters", infotext)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=metadata)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _quoted(value: str) -> str:

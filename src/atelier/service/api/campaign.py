@@ -29,7 +29,7 @@ from atelier.campaign.text import bundled_font_names
 from atelier.errors import AtelierError, NotFoundError
 from atelier.service.api.common import check_output_access, request_caller
 from atelier.service.api.native import StudioDep
-from atelier.service.security import OPEN_STUDIO, Caller, decode_image
+from atelier.service.security import OPEN_STUDIO, Caller, decode_upload
 from atelier.service.storage import check_key
 from atelier.service.studio import Studio
 
@@ -76,9 +76,10 @@ def _fetch_image(studio: Studio, entry: Any, field: str, path: Path, caller: Cal
             "base64",
             field=field,
         )
-    image = decode_image(entry, field=field, max_pixels=studio.config.max_image_pixels)
-    local = path.with_suffix(".png")
-    image.save(local, format="PNG")
+    data, image = decode_upload(entry, field=field, max_pixels=studio.config.max_image_pixels)
+    # The file as sent, not a re-encoding: its own AI disclosure and Content Credentials stay readable.
+    local = path.with_suffix(f".{(image.format or 'png').lower()}")
+    local.write_bytes(data)
     return f"upload:{field}", local
 
 
@@ -163,7 +164,7 @@ def compose_stored_ad(studio: Studio, data: dict[str, Any], caller: Caller = OPE
         inputs.mkdir()
         local_data, material_files = _local_spec(studio, data, inputs, caller)
         spec = parse_ad_spec(local_data, inputs)
-        result = compose_ad(spec, rendered, resolve_material=material_files.__getitem__)
+        result = compose_ad(spec, rendered, resolve_material=material_files.__getitem__, signer=studio.signer)
         for path in result.paths:
             studio.storage.put_file(f"{folder_key}/{path.name}", path)
         # Who made it: only they (and admins) may download it (api/common.output_owner reads this).

@@ -23,6 +23,7 @@ from atelier.engine import (
     preprocess,
 )
 from atelier.errors import AtelierError
+from atelier.service.commercial import controlnet_license
 from atelier.service.controlnets import controlnet_library, parse_units, png_base64
 from atelier.service.security import decode_image
 from atelier.service.studio import Studio
@@ -78,7 +79,12 @@ def build_controlnet_router() -> APIRouter:
     @router.get("/api/controlnet/models", summary="ControlNet models in models/controlnet/")
     def models(studio: StudioDep) -> dict[str, Any]:
         library = controlnet_library(studio.storage, studio.config.cache_dir)
-        return {"models": library.model_list(), "max_units": studio.config.max_controlnet_units}
+        return {
+            "models": library.model_list(),
+            "max_units": studio.config.max_controlnet_units,
+            # Each ControlNet's licence: name, the use it allows, where it was read (service/commercial.py).
+            "licenses": {name: controlnet_license(path) for name, path in library.paths().items()},
+        }
 
     @router.get("/api/controlnet/modules", summary="Preprocessors and the settings they take")
     def modules() -> dict[str, Any]:

@@ -9,8 +9,6 @@ stream to disk without a multipart parser.
 from __future__ import annotations
 
 import mimetypes
-import shutil
-import uuid
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
@@ -21,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from atelier import __version__
-from atelier.errors import AtelierError, ConflictError, NotFoundError, UnsafeFileError
+from atelier.errors import AtelierError, ConflictError, NotFoundError
 from atelier.service.api.common import (
     check_output_access,
     request_caller,
@@ -29,14 +27,20 @@ from atelier.service.api.common import (
     require_admin,
     visible_job,
 )
+from atelier.service.api.uploads import (
+    check_upload_filename,
+    discard_upload,
+    object_version,
+    receive_to_file,
+    upload_path,
+)
 from atelier.service.config import StudioConfig
 from atelier.service.controlnets import parse_units
 from atelier.service.events import job_events, job_label, job_progress
-from atelier.service.job_types import GenerateResult, TrainResult
+from atelier.service.job_types import CaptionResult, GenerateResult, ProductResult, TrainResult
 from atelier.service.jobs import MAX_PRIORITY, Job
-from atelier.service.registry import check_model_name, inspect_model, model_name_for_key
+from atelier.service.provenance import converted_file, credentials_answer
 from atelier.service.security import decode_image
-from atelier.service.storage import TEMP_PREFIX, Storage
 from atelier.service.studio import Studio
 from atelier.service.submit import (
     check_train_config,
@@ -46,7 +50,6 @@ from atelier.service.submit import (
     submit_generation,
     submit_training,
 )
-from atelier.service.watcher import PICKLE_SUFFIXES
 
 MAX_CONFIG_BYTES = 1024 * 1024
 _UPLOAD_CHUNK = 1024 * 1024
@@ -94,6 +97,10 @@ class GenerateBody(BaseModel):
     refiner_negative_prompt: str | None = None
     refiner_switch_at: float | None = None
     tiling: bool | None = Field(default=None, description="seamless: the picture repeats without a seam")
+    vae: str | None = Field(
+        default=None,
+        description="an external VAE by name (GET /api/models?kind=vae); default: the model's own",
+    )
     enable_hr: bool | None = Field(
         default=None, description="hires fix: generate at width x height, upscale, denoise again (txt2img)"
     )
@@ -129,6 +136,11 @@ class TrainBody(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict, description="hyper-parameters under kohya's names")
     base: str | None = Field(default=None, description="base checkpoint name; default: the studio's model")
     preset: str | None = Field(default=None, description="sd15-lora or sdxl-dreambooth-lora")
+    rights: dict[str, Any] | None = Field(
+        default=None,
+        description="the images' rights record: owner, depicts_people, consent [{person, reference, date}] "
+        "(default: rights.toml in the zip)",
+    )
     priority: int = Field(default=-1, ge=-MAX_PRIORITY, le=MAX_PRIORITY)
     webhook_url: str | None = None
 
@@ -172,49 +184,6 @@ def _inpainting_fill(value: str | int | None) -> str | None:
             field="inpainting_fill",
         )
     return INPAINTING_FILL_MODES[value]
-
-
-def _object_version(storage: Storage, key: str) -> str:
-    for item in storage.list(key):
-        if item.key == key:
-            return item.version
-    raise NotFoundError(f"{key} was not stored", field="key")
-
-
-async def _receive_to_file(request: Request, destination: Path) -> int:
-    """Stream the request body into ``destination`` (size limited by the route's max_body_size)."""
-    size = 0
-    with destination.open("wb") as handle:
-        async for chunk in request.stream():
-            size += len(chunk)
-            handle.write(chunk)
-    return size
-
-
-def _upload_path(config: StudioConfig, filename: str) -> Path:
-    """Where an upload is received: under its own name (messages about it name the user's file), in a
-    folder of its own; :func:`_discard_upload` removes both."""
-    folder = config.cache_dir / "uploads" / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / filename
-
-
-def _discard_upload(staging: Path) -> None:
-    shutil.rmtree(staging.parent, ignore_errors=True)
-
-
-def _check_upload_filename(filename: str, suffixes: tuple[str, ...], what: str) -> str:
-    if filename.lower().endswith(PICKLE_SUFFIXES):
-        raise UnsafeFileError(
-            f"{filename} is a Python pickle; Atelier never loads those (they can run code). Upload the "
-            ".safetensors version.",
-            field="file",
-        )
-    if not filename.lower().endswith(suffixes):
-        raise AtelierError(f"{what} must be a {' or '.join(suffixes)} file, got {filename!r}", field="file")
-    stem = filename[: filename.rindex(".")]
-    check_model_name(stem, what="file")
-    return filename
 
 
 def build_native_router(config: StudioConfig) -> APIRouter:
@@ -299,6 +268,7 @@ def build_native_router(config: StudioConfig) -> APIRouter:
             priority=body.priority,
             owner=request_owner(request),
             webhook_url=body.webhook_url,
+            rights=body.rights,
         )
         return job_view(studio, job)
 
@@ -366,6 +336,19 @@ def build_native_router(config: StudioConfig) -> APIRouter:
                 {**image.model_dump(), "url": _file_url(image.key), "sidecar_url": _file_url(image.sidecar)}
                 for image in images
             ]
+        elif job.kind == "caption":
+            captioned = CaptionResult.model_validate(job.result) if job.state == "succeeded" else None
+            out["caption"] = captioned.caption if captioned else None
+        elif job.kind == "product":
+            shots = ProductResult.model_validate(job.result) if job.state == "succeeded" else None
+            out["images"] = (
+                [{**image.model_dump(), "url": _file_url(image.key)} for image in shots.images]
+                if shots
+                else []
+            )
+            out["mask_url"] = _file_url(shots.mask_key) if shots and shots.mask_key else None
+            out["cutout_url"] = _file_url(shots.cutout_key) if shots and shots.cutout_key else None
+            out["segmentation_model"] = shots.segmentation_model if shots else None
         else:
             trained = (
                 TrainResult.model_validate(job.result) if job.state == "succeeded" else TrainResult(model={})
@@ -382,11 +365,31 @@ def build_native_router(config: StudioConfig) -> APIRouter:
                 out["summary_url"] = _file_url(trained.summary)
         return out
 
-    @router.get("/files/{key:path}", summary="Download a file from the outputs bucket")
-    def get_file(key: str, request: Request, studio: StudioDep) -> Response:
+    @router.get(
+        "/files/{key:path}",
+        summary="Download a file from the outputs bucket (an image also as JPEG or WebP: ?format=jpeg&quality=90)",
+    )
+    def get_file(
+        key: str,
+        request: Request,
+        studio: StudioDep,
+        output_format: Annotated[
+            str | None,
+            Query(
+                alias="format",
+                description="png, jpeg or webp: the image converted, its AI disclosure and infotext kept",
+            ),
+        ] = None,
+        quality: Annotated[int | None, Query(description="jpeg / webp quality, 1-100 (default 90)")] = None,
+    ) -> Response:
         if not key.startswith("outputs/"):
             raise NotFoundError("only files in the outputs bucket can be downloaded", field="key")
         check_output_access(studio, request_caller(request), key)
+        if output_format is not None or quality is not None:
+            data, mime, filename = converted_file(studio, key, output_format or "png", quality)
+            return Response(
+                data, media_type=mime, headers={"Content-Disposition": f'inline; filename="{filename}"'}
+            )
         media_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
         local = studio.storage.local_path(key)
         if local is not None:
@@ -395,50 +398,15 @@ def build_native_router(config: StudioConfig) -> APIRouter:
             return FileResponse(local, media_type=media_type)
         return Response(studio.storage.get_bytes(key), media_type=media_type)
 
-    @router.get("/models", summary="Registered checkpoints and LoRAs")
-    def list_models(studio: StudioDep, kind: str | None = None) -> dict[str, Any]:
-        return {"models": [record.to_dict() for record in studio.registry.list(kind)]}
-
-    @router.put(
-        "/models/{filename}",
-        status_code=201,
-        summary="Upload a checkpoint or LoRA (.safetensors, raw body); usable by name at once",
-        max_body_size=config.max_upload_bytes,
+    @router.get(
+        "/credentials/{key:path}",
+        summary="An output's AI disclosure (XMP) and its Content Credentials (C2PA), validated",
     )
-    async def upload_model(
-        filename: str, request: Request, studio: StudioDep, overwrite: bool = False
-    ) -> dict[str, Any]:
-        _check_upload_filename(filename, (".safetensors",), "a model")
-        caller = request_caller(request)
-        if overwrite:
-            require_admin(request, "replacing a model")
-        staging = _upload_path(studio.config, filename)
-        try:
-            await _receive_to_file(request, staging)
-            record = await run_in_threadpool(
-                _register_upload,
-                studio,
-                staging,
-                f"models/{filename}",
-                overwrite=overwrite and caller.is_admin,
-            )
-        finally:
-            _discard_upload(staging)
-        return record
-
-    @router.delete("/models/{name}", summary="Delete a checkpoint or LoRA and its file (admin key)")
-    def delete_model(
-        name: str, request: Request, studio: StudioDep, kind: str = "checkpoint"
-    ) -> dict[str, Any]:
-        require_admin(request, "deleting a model")
-        record = studio.registry.get(name, kind)
-        keys = [record.storage_key]
-        if record.is_folder:
-            keys = [item.key for item in studio.storage.list(record.storage_key)]
-        for key in keys:
-            studio.storage.delete(key)
-        studio.registry.remove(record.storage_key)
-        return {"deleted": record.to_dict()}
+    def get_credentials(key: str, request: Request, studio: StudioDep) -> dict[str, Any]:
+        if not key.startswith("outputs/"):
+            raise NotFoundError("only files in the outputs bucket have credentials here", field="key")
+        check_output_access(studio, request_caller(request), key)
+        return credentials_answer(studio, key)
 
     @router.put(
         "/training-data/{filename}",
@@ -454,7 +422,7 @@ def build_native_router(config: StudioConfig) -> APIRouter:
         start: bool = True,
         overwrite: bool = False,
     ) -> dict[str, Any]:
-        _check_upload_filename(filename, (".zip", ".toml"), "training data")
+        check_upload_filename(filename, (".zip", ".toml"), "training data")
         key = f"training-data/{filename}"
         # A zip already there may be another person's data behind a queued run; its .toml is copied into the
         # job when it is queued, so replacing that is harmless.
@@ -474,21 +442,21 @@ def build_native_router(config: StudioConfig) -> APIRouter:
             await run_in_threadpool(_store_train_config, studio, key, body)
             response.status_code = 201
             return {"key": key}
-        staging = _upload_path(studio.config, filename)
+        staging = upload_path(studio.config, filename)
         try:
-            await _receive_to_file(request, staging)
+            await receive_to_file(request, staging)
             if not zipfile.is_zipfile(staging):
                 raise AtelierError(f"{filename} is not a zip archive", field="file")
             # Checked before it is stored: a bad archive is refused here, not hours later in a worker.
-            await run_in_threadpool(_check_training_upload, studio, staging, key)
+            zip_rights = await run_in_threadpool(_check_training_upload, studio, staging, key)
             await run_in_threadpool(studio.storage.put_file, key, staging)
         finally:
-            _discard_upload(staging)
+            discard_upload(staging)
         if not start:
             await run_in_threadpool(_hold_training_upload, studio, key)
             response.status_code = 201
             return {"key": key, "job": None}
-        job = await run_in_threadpool(_start_training_upload, studio, key, request_owner(request))
+        job = await run_in_threadpool(_start_training_upload, studio, key, request_owner(request), zip_rights)
         response.status_code = 202
         return {"key": key, "job": job_view(studio, job) if job else None}
 
@@ -508,41 +476,6 @@ def build_native_router(config: StudioConfig) -> APIRouter:
     return router
 
 
-def _register_upload(studio: Studio, staging: Path, key: str, *, overwrite: bool) -> dict[str, Any]:
-    """Validate an uploaded model, store it and register it; the ledger entry keeps the watcher off it.
-
-    Nothing is replaced by accident: a name held by a model of the other kind is refused (names are unique
-    across kinds), and replacing a model of the same kind (or any file already at that place) needs
-    ``overwrite`` (an admin key).
-    """
-    info = inspect_model(staging)
-    name = model_name_for_key(key)
-    holder = studio.registry.holder(name)
-    if holder is not None and holder.kind != info.kind:
-        raise ConflictError(
-            f"a {holder.kind} named {name!r} already exists; names are unique across checkpoints and LoRAs: "
-            "rename the file",
-            field="file",
-        )
-    if holder is not None and holder.storage_key != key:
-        raise ConflictError(
-            f"a {info.kind} named {name!r} is already registered from {holder.filename}; rename the file",
-            field="file",
-        )
-    if (holder is not None or studio.storage.exists(key)) and not overwrite:
-        raise ConflictError(
-            f"a {info.kind} named {name!r} already exists; send overwrite=true (admin key) to replace it",
-            field="file",
-        )
-    studio.storage.put_file(key, staging)
-    version = _object_version(studio.storage, key)
-    claimed = studio.ledger.claim_object("models", key, version, worker_id="api")
-    record = studio.registry.register(name=name, storage_key=key, info=info, version=version, source="upload")
-    if claimed:
-        studio.ledger.mark_done("models", key, version)
-    return record.to_dict()
-
-
 def _store_train_config(studio: Studio, key: str, body: bytes) -> None:
     config = read_train_config(body, name=PurePosixPath(key).name)
     check_train_config(studio, config)
@@ -551,23 +484,24 @@ def _store_train_config(studio: Studio, key: str, body: bytes) -> None:
 
 def _hold_training_upload(studio: Studio, key: str) -> None:
     """``start=false``: record the upload as handled so the bucket watcher does not train it on its own."""
-    version = _object_version(studio.storage, key)
+    version = object_version(studio.storage, key)
     if studio.ledger.claim_object("training-data", key, version, worker_id="api"):
         studio.ledger.mark_done("training-data", key, version)
 
 
-def _check_training_upload(studio: Studio, staging: Path, key: str) -> None:
-    """The door check of a training zip, with the .toml already uploaded beside it (if any)."""
+def _check_training_upload(studio: Studio, staging: Path, key: str) -> Any:
+    """The door check of a training zip, with the .toml already uploaded beside it (if any); the zip's
+    ``rights.toml`` (None without one)."""
     config_key = key[: -len(".zip")] + ".toml"
     config = {}
     if studio.storage.exists(config_key):
         config = read_train_config(studio.storage.get_bytes(config_key), name=PurePosixPath(config_key).name)
-    check_training_archive(staging, PurePosixPath(key).name, config)
+    return check_training_archive(staging, PurePosixPath(key).name, config)
 
 
-def _start_training_upload(studio: Studio, key: str, owner: str | None) -> Job | None:
+def _start_training_upload(studio: Studio, key: str, owner: str | None, zip_rights: Any) -> Job | None:
     """Queue training for a just-uploaded zip, unless a watcher already took this version of it."""
-    version = _object_version(studio.storage, key)
+    version = object_version(studio.storage, key)
     if not studio.ledger.claim_object("training-data", key, version, worker_id="api"):
         return None
     toml_key = key[: -len(".zip")] + ".toml"
@@ -578,7 +512,13 @@ def _start_training_upload(studio: Studio, key: str, owner: str | None) -> Job |
             config = read_train_config(studio.storage.get_bytes(toml_key), name=PurePosixPath(toml_key).name)
             config_key = toml_key
         job = submit_training(
-            studio, key, config=config, config_key=config_key, owner=owner, archive_checked=True
+            studio,
+            key,
+            config=config,
+            config_key=config_key,
+            owner=owner,
+            archive_checked=True,
+            zip_rights=zip_rights,
         )
     except AtelierError as problem:
         studio.ledger.mark_failed("training-data", key, version, str(problem))

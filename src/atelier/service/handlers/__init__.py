@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
+from atelier.service.handlers.caption import run_caption
 from atelier.service.handlers.context import WorkerContext
 from atelier.service.handlers.generate import run_generate
+from atelier.service.handlers.product import run_product
 from atelier.service.handlers.train import run_train
 from atelier.service.jobs import Job
 from atelier.service.lease import JobLease
@@ -32,5 +34,7 @@ HANDLERS: dict[str, JobHandler] = {
     for handler in (
         JobHandler("generate", run_generate, needs_engine=True),
         JobHandler("train", run_train, needs_engine=False),
+        JobHandler("caption", run_caption, needs_engine=False),
+        JobHandler("product", run_product, needs_engine=True),
     )
 }

@@ -11,10 +11,12 @@ import io
 import json
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC
 from typing import Any
 
 from atelier.images import open_image
+from atelier.service.commercial import controlnet_license, controlnet_name, licensed_generation
 from atelier.service.handlers.context import WorkerContext
 from atelier.service.job_types import GeneratedImage, GeneratePayload, GenerateResult
 from atelier.service.jobs import Job
@@ -34,15 +36,16 @@ def output_key(job: Job, seed: int) -> str:
     return f"outputs/{job.id}/{output_filename(seed, job.created_at.astimezone(UTC))}"
 
 
-def png_bytes(image: Any, infotext: str) -> bytes:
-    """The image as PNG with A1111's ``parameters`` text chunk."""
-    from PIL import PngImagePlugin
+def png_bytes(
+    image: Any, infotext: str, provenance: Any = None, *, signer: Any = None, title: str = "image.png"
+) -> bytes:
+    """The image as PNG with A1111's ``parameters`` text chunk and its AI disclosure (default: made from a
+    prompt), signed with Content Credentials when the studio has a signer."""
+    from atelier.engine import GENERATED, Provenance, encode_image
 
-    info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", infotext)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
-    return buffer.getvalue()
+    return encode_image(
+        image, provenance or Provenance(GENERATED), infotext=infotext, signer=signer, title=title
+    )
 
 
 def preview_interval(worker: WorkerContext) -> int:
@@ -77,7 +80,13 @@ def run_generate(worker: WorkerContext, job: Job, lease: JobLease) -> GenerateRe
     lora_names = {tag.name for tag in parse_prompt(params.get("prompt", "")).loras}
     if params.get("refiner_prompt"):
         lora_names |= {tag.name for tag in parse_prompt(params["refiner_prompt"]).loras}
-    worker.files.place_loras(worker.registry.get(name, "lora") for name in sorted(lora_names))
+    loras = {name: worker.registry.get(name, "lora") for name in sorted(lora_names)}
+    worker.files.place_loras(loras.values())
+    embeddings = worker.registry.list("embedding")
+    worker.files.place_embeddings(embeddings)
+    vae = worker.registry.get(params["vae"], "vae") if params.get("vae") else None
+    if vae is not None:
+        worker.files.place_vae(vae)
     if params.get("seed", -1) == -1:
         params["seed"] = seed_for_job(job.id)
     images = {
@@ -130,12 +139,42 @@ def run_generate(worker: WorkerContext, job: Job, lease: JobLease) -> GenerateRe
         "refiner": refiner.name if refiner else None,
     }
     stored: list[GeneratedImage] = []
+    ingredients = _ingredients(worker, payload)
+    controlnet_licenses = {
+        controlnet_name(path): controlnet_license(path)
+        for path in (worker.engine.controlnets.resolve(unit.model) for unit in controlnet_units)
+    }
     for index, item in enumerate(result.images):
         key = output_key(job, item.seed)
         sidecar_key = key.removesuffix(".png") + ".json"
-        worker.storage.put_bytes(key, png_bytes(item.image, item.infotext))
+        provenance = item.provenance.with_ingredients(*ingredients) if item.provenance else None
+        if provenance is not None and provenance.generation is not None:
+            # The studio's licence records join the engine's record before it is signed and stored.
+            generation = licensed_generation(
+                provenance.generation,
+                checkpoint=checkpoint,
+                refiner=refiner,
+                vae=vae,
+                loras=loras,
+                embeddings={record.name: record for record in embeddings},
+                controlnets=controlnet_licenses,
+            )
+            provenance = replace(provenance, generation=generation)
+        worker.storage.put_bytes(
+            key,
+            png_bytes(
+                item.image,
+                item.infotext,
+                provenance,
+                signer=worker.studio.signer,
+                title=key.rsplit("/", 1)[-1],
+            ),
+        )
         sidecar = {
             "job_id": job.id,
+            # Who asked for it: the name of the API key that queued the job (the audit trail's answer).
+            "owner": job.owner,
+            "origin": payload.origin,
             "index": index,
             "seed": item.seed,
             "image": key,
@@ -150,6 +189,16 @@ def run_generate(worker: WorkerContext, job: Job, lease: JobLease) -> GenerateRe
                 "storage_key": checkpoint.storage_key,
             },
             "created_at": job.created_at.isoformat(),
+            # The pictures it started from, as stored beside the job.
+            "inputs": _input_keys(payload),
+            # What the file declares (XMP) and its Content Credentials record (README, "Provenance").
+            "provenance": {
+                "digital_source_type": provenance.source_type,
+                "generation": dict(provenance.generation or {}),
+                "signed": worker.studio.signer is not None,
+            }
+            if provenance
+            else None,
         }
         worker.storage.put_bytes(sidecar_key, json.dumps(sidecar, indent=2, default=str).encode("utf-8"))
         stored.append(
@@ -183,6 +232,28 @@ def _kept_on_interrupt(worker: WorkerContext, job: Job, stop: Any) -> Any:
     if current.cancel_requested and current.keep_partial and stop.result is not None and stop.result.images:
         return stop.result
     raise JobInterrupted() from None
+
+
+def _ingredients(worker: WorkerContext, payload: GeneratePayload) -> tuple[Any, ...]:
+    """The photo a generation started from, as the parent ingredient of its Content Credentials (read only when
+    the studio signs)."""
+    from atelier.engine import Ingredient
+
+    if worker.studio.signer is None or not payload.init_image_key:
+        return ()
+    return (Ingredient("init image", worker.storage.get_bytes(payload.init_image_key), "parentOf"),)
+
+
+def _input_keys(payload: GeneratePayload) -> dict[str, Any]:
+    inputs: dict[str, Any] = {}
+    if payload.init_image_key:
+        inputs["init_image"] = payload.init_image_key
+    if payload.mask_key:
+        inputs["mask"] = payload.mask_key
+    units = [unit.get("image_key") for unit in payload.controlnet_units or []]
+    if any(units):
+        inputs["controlnet_images"] = units
+    return inputs
 
 
 def _load_input(worker: WorkerContext, key: str) -> Any:

@@ -15,23 +15,37 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from atelier.errors import AtelierError
+from atelier.service.captioning import local_captioning_model
 from atelier.service.handlers.context import WorkerContext
 from atelier.service.job_types import TrainPayload, TrainResult
 from atelier.service.jobs import Job
 from atelier.service.lease import JobInterrupted, JobLease
+from atelier.service.licenses import license_record
 from atelier.service.registry import ModelRecord, check_model_name, inspect_model
-from atelier.service.submit import TRAIN_CONFIG_KEYS_OWNED_BY_STUDIO, training_output_name, training_preset
+from atelier.service.submit import (
+    TRAIN_CONFIG_KEYS_OWNED_BY_STUDIO,
+    caption_model,
+    training_output_name,
+    training_preset,
+)
+from atelier.service.training_rights import NO_RIGHTS_WARNING
 
 logger = logging.getLogger(__name__)
 
 
 def run_train(worker: WorkerContext, job: Job, lease: JobLease) -> TrainResult:
     """Train the job's LoRA from its zip, publish it to the models bucket, store samples and the summary."""
-    from atelier.training import STATE_FILE, extract_zip, load_train_config, train_lora
+    from atelier.training import STATE_FILE, RightsRecord, extract_zip, load_train_config, train_lora
 
     payload = TrainPayload.model_validate(job.payload)
+    # Checked at submission; rebuilt here, where it is written into every saved LoRA file.
+    rights = (
+        RightsRecord.from_dict(payload.rights, where="the job's rights record") if payload.rights else None
+    )
+    rights_warnings = [] if rights else [NO_RIGHTS_WARNING]
     zip_key = payload.training_data
     settings = dict(payload.config)
+    captioner = caption_model(worker.studio, settings)
     dataset_config_name = settings.pop("dataset_config", None)
     # The base, the preset and every path were settled at submission; paths are never an upload's choice.
     for key in TRAIN_CONFIG_KEYS_OWNED_BY_STUDIO:
@@ -88,7 +102,7 @@ def run_train(worker: WorkerContext, job: Job, lease: JobLease) -> TrainResult:
                 "lr": progress.lr,
                 "it_per_s": progress.it_per_s,
                 "samples": list(published.values()),
-                "warnings": list(progress.warnings),
+                "warnings": [*rights_warnings, *progress.warnings],
                 # Went on from the state a stopped run saved (Resume, or a worker that was shut down).
                 "resumed": resume,
             },
@@ -105,6 +119,12 @@ def run_train(worker: WorkerContext, job: Job, lease: JobLease) -> TrainResult:
             on_progress=on_progress,
             should_stop=lease.should_stop,
             log=logger.info,
+            caption_model=(
+                local_captioning_model(worker.storage, worker.config.cache_dir, captioner)
+                if captioner
+                else None
+            ),
+            rights=rights,
         )
         if result.stopped or result.output_file is None:
             raise JobInterrupted()
@@ -143,13 +163,25 @@ def publish_lora(
     version = stored.version if stored else f"sha256:{info.sha256}"
     # The watcher will see this file too; the ledger entry tells it that it is already handled.
     worker.ledger.claim_object("models", key, version, worker_id=worker.worker_id)
+    # A LoRA is a derivative of its base model: it carries the base's licence (and an admin's ruling on it).
+    base_license = base.details.get("license") or {}
+    inherited = license_record(
+        base_license.get("name"), f"base model {base.name}", use=base_license.get("use")
+    )
     record = worker.registry.register(
         name=name,
         storage_key=key,
         info=info,
         version=version,
         source="training",
-        details={"job_id": job.id, "base_model": base.name, "training_data": zip_key, **(details or {})},
+        details={
+            "job_id": job.id,
+            "base_model": base.name,
+            "training_data": zip_key,
+            "license": inherited,
+            "rights": info.rights,
+            **(details or {}),
+        },
     )
     try:
         worker.ledger.mark_done("models", key, version)

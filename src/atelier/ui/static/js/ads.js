@@ -30,7 +30,8 @@ function removeMaterial(index) {
   renderMaterials();
 }
 
-function addMaterial(source, label) {
+/** Add a material to the ad: an outputs key (the Product shot tab sends its results here) or a data URL. */
+export function addMaterial(source, label) {
   materials.push({ source, label });
   renderMaterials();
 }

@@ -99,6 +99,7 @@ export async function request(method, path, { json, body, contentType, query, si
 export const api = {
   get: (path, options) => request("GET", path, options),
   post: (path, json, options) => request("POST", path, { ...options, json }),
+  patch: (path, json, options) => request("PATCH", path, { ...options, json }),
 };
 
 /**

@@ -2,16 +2,17 @@
 
 import { initAds, refreshAdsGallery } from "./ads.js";
 import { apiEvents, getKey, request, setKey } from "./api.js";
-import { refreshCatalog } from "./catalog.js";
+import { catalog, refreshCatalog } from "./catalog.js";
 import { $, $$, toast } from "./dom.js";
 import { clearErrors, showFieldError } from "./fields.js";
 import { addLoraToPrompt, initGenerate, isGenerateMode, setMode } from "./generate.js";
 import { initHistory, refreshHistory } from "./history.js";
 import { initModels } from "./models.js";
+import { initProduct, refreshProduct } from "./product.js";
 import { initQueue, setQueueVisible } from "./queue.js";
 import { initTraining, refreshRuns } from "./training.js";
 
-const TABS = ["txt2img", "img2img", "inpaint", "history", "models", "training", "queue", "ads"];
+const TABS = ["txt2img", "img2img", "inpaint", "history", "models", "training", "product", "queue", "ads"];
 let currentTab = null;
 
 function panelFor(tab) {
@@ -32,6 +33,7 @@ export function selectTab(tab, { focus = false } = {}) {
   if (tab === "history") refreshHistory();
   if (tab === "training") refreshRuns();
   if (tab === "ads") refreshAdsGallery();
+  if (tab === "product") refreshProduct();
   setQueueVisible(tab === "queue");
   if (location.hash !== `#${tab}`) history.replaceState(null, "", `#${tab}`);
 }
@@ -76,6 +78,9 @@ function renderKeyButton() {
     button.title = "";
   }
   button.dataset.role = caller ? caller.role : "";
+  // The tabs that offer admin actions (the Models tab's "Set licence") hear who the page acts as.
+  catalog.caller = caller;
+  catalog.dispatchEvent(new Event("caller"));
 }
 
 async function loadCaller() {
@@ -163,6 +168,7 @@ initModels();
 initTraining({ selectTab, insertLora: addLoraToPrompt });
 initQueue();
 initAds();
+initProduct({ selectTab });
 selectTab(location.hash.slice(1) || "txt2img");
 loadStudio().then((ok) => {
   document.body.dataset.ready = ok ? "true" : "needs-key";

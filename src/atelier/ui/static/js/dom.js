@@ -138,3 +138,20 @@ export function describeJob(job) {
   if (job.state === "canceled") return "Canceled";
   return `Failed: ${job.error || "unknown error"}`;
 }
+
+/** Let `zone` take an image file dropped on it: the first image of the drop goes to `onFile`. */
+export function acceptDrops(zone, onFile) {
+  zone.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    event.stopPropagation();
+    zone.classList.add("drag-over");
+  });
+  zone.addEventListener("dragleave", () => zone.classList.remove("drag-over"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    event.stopPropagation();
+    zone.classList.remove("drag-over");
+    const file = [...(event.dataTransfer?.files || [])].find((item) => item.type.startsWith("image/"));
+    if (file) onFile(file);
+  });
+}

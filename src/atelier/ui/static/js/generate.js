@@ -2,8 +2,9 @@
 
 import { ApiError, api, dataUrl, fileObjectUrl, fileUrl, followJob } from "./api.js";
 import { catalog, findCheckpoint, isSdxl, refreshStyles } from "./catalog.js";
+import { licenseSource, licenseUseText, rightsShort, rightsTitle } from "./licenses.js";
 import { controlNetErrorAliases, controlNetUnits, initControlNet } from "./controlnet.js";
-import { $, $$, describeJob, h, pairSlider, progressBar, setProgress, shortId, toast } from "./dom.js";
+import { $, $$, acceptDrops, describeJob, h, pairSlider, progressBar, setProgress, shortId, toast } from "./dom.js";
 import { clearErrors, showError, showFieldError } from "./fields.js";
 import { MaskEditor } from "./maskeditor.js";
 import { configureViewer, openViewer } from "./viewer.js";
@@ -69,7 +70,7 @@ let onJobFinished = () => {};
 
 function fillSelect(select, options, keep) {
   const previous = keep ?? select.value;
-  select.replaceChildren(...options.map(([value, label]) => h("option", { value }, label)));
+  select.replaceChildren(...options.map(([value, label, title]) => h("option", { value, title }, label)));
   if (options.some(([value]) => value === previous)) select.value = previous;
 }
 
@@ -77,13 +78,23 @@ function renderCatalog() {
   const checkpoints = catalog.checkpoints.filter((model) => model.architecture !== "sdxl-refiner");
   fillSelect(
     field.model,
-    checkpoints.map((model) => [model.name, `${model.name} · ${model.architecture}${model.source === "demo" ? " · demo" : ""}`]),
+    checkpoints.map((model) => [
+      model.name,
+      `${model.name} · ${model.architecture}${model.source === "demo" ? " · demo" : ""} · ${licenseUseText(model.license)}`,
+      `Licence: ${model.license?.name || "none recorded"} (${licenseSource(model.license)})`,
+    ]),
     field.model.value || catalog.currentModel,
   );
+  // A LoRA shows what its licence allows and whether its training images' rights are on file (issue 17).
   fillSelect(field.lora, [
     ["", catalog.loras.length ? "Insert a LoRA…" : "No LoRAs yet"],
-    ...catalog.loras.map((lora) => [lora.name, `${lora.name} · ${lora.architecture}`]),
+    ...catalog.loras.map((lora) => [
+      lora.name,
+      `${lora.name} · ${lora.architecture} · ${licenseUseText(lora.license)} · ${rightsShort(lora.rights)}`,
+      `Licence: ${lora.license?.name || "none recorded"}\nRights: ${rightsTitle(lora.rights)}`,
+    ]),
   ], "");
+  fillSelect($("#g-vae"), [["", "The model's own"], ...catalog.vaes.map((vae) => [vae.name, vae.name])]);
   const refiners = catalog.checkpoints.filter((model) => model.architecture === "sdxl-refiner");
   fillSelect(field.refiner, [["", "None"], ...refiners.map((model) => [model.name, model.display_name])]);
   if (catalog.samplers.length) {
@@ -291,22 +302,6 @@ async function setUploadedMask(file) {
   }
 }
 
-function acceptDrops(zone, onFile) {
-  zone.addEventListener("dragover", (event) => {
-    event.preventDefault();
-    event.stopPropagation();
-    zone.classList.add("drag-over");
-  });
-  zone.addEventListener("dragleave", () => zone.classList.remove("drag-over"));
-  zone.addEventListener("drop", (event) => {
-    event.preventDefault();
-    event.stopPropagation();
-    zone.classList.remove("drag-over");
-    const file = [...(event.dataTransfer?.files || [])].find((item) => item.type.startsWith("image/"));
-    if (file) onFile(file);
-  });
-}
-
 // -- the request -----------------------------------------------------------------------------------------------
 
 class FieldProblem extends Error {
@@ -361,6 +356,7 @@ async function buildRequest() {
     body.mask_invert = field.invert.checked;
   }
   if ($("#g-tiling").checked) body.tiling = true;
+  if ($("#g-vae").value) body.vae = $("#g-vae").value;
   const styles = [...$$("#g-styles input:checked")].map((box) => box.value);
   if (styles.length) body.styles = styles;
   if (mode === "txt2img" && field.hires.checked) {
@@ -744,6 +740,28 @@ async function saveStyle() {
   }
 }
 
+/** A1111's Interrogate: the studio's captioning model describes the source image, and that becomes the prompt. */
+async function interrogate() {
+  clearErrors(form);
+  const source = sources.img2img;
+  if (!source) {
+    showFieldError(form, "init_image", "Choose an image first.");
+    return;
+  }
+  const button = $("#g-interrogate");
+  button.disabled = true;
+  try {
+    const answer = await api.post("/sdapi/v1/interrogate", { image: await dataUrl(source.blob), model: "clip" });
+    field.prompt.value = answer.caption || "";
+    toast("The caption is in the prompt.");
+  } catch (error) {
+    // Its "model" is the captioning model, not the checkpoint picker: say it under the source image.
+    showError(form, error, { model: "init_image", image: "init_image" });
+  } finally {
+    button.disabled = false;
+  }
+}
+
 /** The final size of a hires-fix generation, as the engine computes it (rounded down to multiples of 8). */
 function showHiresSize() {
   const scale = Number(field.hiresScale.value);
@@ -801,6 +819,7 @@ export function initGenerate({ selectTab, afterJob }) {
     if (event.target.files[0]) setSource("img2img", event.target.files[0]);
   });
   acceptDrops($("#g-init-drop"), (file) => setSource("img2img", file));
+  $("#g-interrogate").addEventListener("click", interrogate);
   $("#i-image-file").addEventListener("change", (event) => {
     if (event.target.files[0]) setSource("inpaint", event.target.files[0]);
   });

@@ -8,6 +8,7 @@ import { catalog, refreshModels } from "./catalog.js";
 import { $, $$, describeJob, formatTime, h, setProgress, shortId, stateBadge, toast } from "./dom.js";
 import { clearErrors, showError, showFieldError } from "./fields.js";
 import { drawLossChart } from "./chart.js";
+import { licenseUseText } from "./licenses.js";
 import { zipFiles } from "./zip.js";
 
 // Options under kohya-ss sd-scripts' names, as the training .toml takes them. Empty means "the preset's
@@ -110,6 +111,7 @@ function collectConfig() {
   }
   const trigger = $("#t-trigger").value.trim();
   if (trigger) config.instance_prompt = trigger;
+  if ($("#t-caption-missing").checked) config.caption_missing = "clip";
   return config;
 }
 
@@ -126,6 +128,132 @@ function toToml(settings) {
     .map(([key, value]) => `${key} = ${tomlValue(value)}`)
     .join("\n")
     .concat("\n");
+}
+
+// -- rights ----------------------------------------------------------------------------------------------------
+
+// The Rights card becomes the [rights] table of the run's .toml, which the studio reads as the images' rights
+// record (service/training_rights.py; the schema is rights.toml's, training/rights.py):
+//
+//   [rights]
+//   owner = "Acme Retail GmbH"
+//   depicts_people = true
+//   [[rights.consent]]
+//   person = "Jane Doe"
+//   reference = "MR-2026-014"
+//   date = 2026-02-02
+//
+// The studio checks it when the .toml is uploaded, so a missing consent is refused before the zip is sent.
+const ISO_DATE = /^\d{4}-\d{2}-\d{2}$/;
+let consentRows = 0;
+
+function consentRow() {
+  consentRows += 1;
+  const id = `t-consent-${consentRows}`;
+  const input = (name, props) =>
+    h("div", { class: "field", "data-role": name }, h("label", { for: `${id}-${name}` }, props.label), h("input", { id: `${id}-${name}`, "data-consent": name, autocomplete: "off", ...props.input }));
+  const row = h(
+    "li",
+    { class: "consent-row" },
+    input("person", { label: "Person (name or id)", input: { type: "text", placeholder: "Jane Doe" } }),
+    input("reference", { label: "Release reference", input: { type: "text", placeholder: "MR-2026-014" } }),
+    input("date", { label: "Date given", input: { type: "date", max: new Date().toISOString().slice(0, 10) } }),
+  );
+  row.append(
+    h(
+      "button",
+      {
+        type: "button",
+        class: "icon-btn consent-remove",
+        "aria-label": "Remove this person",
+        onclick: () => {
+          row.remove();
+          renumberConsent();
+        },
+      },
+      "✕",
+    ),
+  );
+  return row;
+}
+
+function addConsentRow() {
+  const row = consentRow();
+  $("#t-consent-list").append(row);
+  renumberConsent();
+  row.querySelector("input").focus();
+}
+
+function consentValues(row) {
+  const values = {};
+  for (const input of row.querySelectorAll("[data-consent]")) values[input.dataset.consent] = input.value.trim();
+  return values;
+}
+
+/** Each row's fields are named as the API names them (rights.consent[0].date), counting only the rows sent. */
+function renumberConsent() {
+  let index = 0;
+  for (const row of $$("#t-consent-list .consent-row")) {
+    const blank = Object.values(consentValues(row)).every((value) => !value);
+    for (const field of row.querySelectorAll("[data-role]")) {
+      if (blank) field.removeAttribute("data-field");
+      else field.dataset.field = `rights.consent[${index}].${field.dataset.role}`;
+    }
+    if (!blank) index += 1;
+  }
+}
+
+function peopleChanged() {
+  const shown = $("#t-rights-people").checked;
+  $("#t-consent-field").hidden = !shown;
+  if (shown && !$("#t-consent-list").children.length) addConsentRow();
+}
+
+/** The Rights card as a record, or null when nothing in it is filled (the studio then trains without one). */
+function collectRights() {
+  renumberConsent();
+  const owner = $("#t-rights-owner").value.trim();
+  const notes = $("#t-rights-notes").value.trim();
+  const people = $("#t-rights-people").checked;
+  const consent = people
+    ? $$("#t-consent-list .consent-row")
+        .map(consentValues)
+        .filter((values) => Object.values(values).some(Boolean))
+    : [];
+  if (!owner && !notes && !people) return null;
+  // Sent as typed, empty owner included: the studio names the field that is missing.
+  const rights = { owner, depicts_people: people };
+  if (notes) rights.notes = notes;
+  rights.consent = consent.map((values) => {
+    const item = {};
+    if (values.person) item.person = values.person;
+    if (values.reference) item.reference = values.reference;
+    if (values.date) item.date = values.date;
+    return item;
+  });
+  return rights;
+}
+
+/** A rights record as the TOML tables [rights] and [[rights.consent]] (after the run's top-level keys). */
+function rightsToml(rights) {
+  const lines = ["", "[rights]"];
+  for (const key of ["owner", "depicts_people", "notes"]) {
+    if (rights[key] !== undefined) lines.push(`${key} = ${tomlValue(rights[key])}`);
+  }
+  for (const item of rights.consent || []) {
+    lines.push("", "[[rights.consent]]");
+    for (const [key, value] of Object.entries(item)) {
+      // A consent's day as a TOML date; anything else as text, which the studio refuses naming the field.
+      lines.push(`${key} = ${key === "date" && ISO_DATE.test(value) ? value : tomlValue(value)}`);
+    }
+  }
+  return lines.join("\n").concat("\n");
+}
+
+/** The API names a rights field the card may not show (a removed row): the card's own line takes it. */
+function rightsAlias(field) {
+  if (!field || !field.startsWith("rights")) return {};
+  return form.querySelector(`[data-field="${CSS.escape(field)}"]`) ? {} : { [field]: "rights" };
 }
 
 // -- images and captions ---------------------------------------------------------------------------------------
@@ -202,7 +330,15 @@ function renderBases() {
   const select = $("#t-base");
   const previous = select.value || catalog.currentModel;
   const bases = catalog.checkpoints.filter((model) => model.architecture === "sd15" || model.architecture === "sdxl");
-  select.replaceChildren(...bases.map((model) => h("option", { value: model.name, "data-arch": model.architecture }, `${model.name} · ${model.architecture}${model.source === "demo" ? " · demo" : ""}`)));
+  select.replaceChildren(
+    ...bases.map((model) =>
+      h(
+        "option",
+        { value: model.name, "data-arch": model.architecture },
+        `${model.name} · ${model.architecture}${model.source === "demo" ? " · demo" : ""} · ${licenseUseText(model.license)}`,
+      ),
+    ),
+  );
   if (bases.some((model) => model.name === previous)) select.value = previous;
   choosePresetForBase();
 }
@@ -245,9 +381,11 @@ async function startTraining(event) {
     }
     const settings = { preset: $("#t-preset").value, ...collectConfig() };
     if ($("#t-base").value) settings.base = $("#t-base").value;
+    const rights = collectRights();
     // The settings go first: the zip's upload queues the run with the .toml of the same name, and the
-    // server checks every option as it stores the .toml.
-    await upload(`/api/training-data/${encodeURIComponent(name)}.toml`, new Blob([toToml(settings)], { type: "application/toml" }));
+    // server checks every option, and the rights record, as it stores the .toml.
+    const toml = toToml(settings) + (rights ? rightsToml(rights) : "");
+    await upload(`/api/training-data/${encodeURIComponent(name)}.toml`, new Blob([toml], { type: "application/toml" }));
     progress.hidden = false;
     progress.value = 0;
     const stored = await upload(`/api/training-data/${encodeURIComponent(name)}.zip`, data, {
@@ -266,7 +404,7 @@ async function startTraining(event) {
     selectRun(job, name);
     refreshRuns();
   } catch (error) {
-    showError(form, error, fileAliases);
+    showError(form, error, { ...fileAliases, ...rightsAlias(error.field) });
   } finally {
     submit.disabled = false;
     progress.hidden = true;
@@ -490,6 +628,8 @@ export function initTraining(options) {
     addImages([...(event.dataTransfer?.files || [])]);
   });
   form.addEventListener("submit", startTraining);
+  $("#t-rights-people").addEventListener("change", peopleChanged);
+  $("#t-consent-add").addEventListener("click", addConsentRow);
   $("#t-run-cancel").addEventListener("click", cancelRun);
   $("#t-run-retry").addEventListener("click", retryRun);
   $("#t-use-lora").addEventListener("click", useLora);
