@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from product_helpers import product_pixels
 
 from atelier.campaign.ad.spec import CHANNEL_PRESETS
 from atelier.campaign.product import channel, expand_canvas, fit, load_channels, recomposite, work_size
 from atelier.errors import AtelierError
+from product_helpers import product_pixels
 
 
 def test_the_shipped_channels_include_the_ad_composers_with_the_same_sizes() -> None:

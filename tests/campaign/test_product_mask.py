@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from product_helpers import cutout_photo, opaque_photo, product_pixels
 
 from atelier.campaign.product import MaskRefinement, alpha_mask, cut_out, product_mask, refine_mask
 from atelier.errors import AtelierError
+from product_helpers import cutout_photo, opaque_photo, product_pixels
 
 
 def test_a_cut_out_png_is_its_own_mask_soft_edge_included() -> None:

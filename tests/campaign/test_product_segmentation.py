@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from product_helpers import opaque_photo, write_tiny_sam
 
 from atelier.campaign.product import (
     MaskRefinement,
@@ -18,6 +17,7 @@ from atelier.campaign.product import (
     segmentation_model,
 )
 from atelier.errors import AtelierError, NotFoundError, UnsafeFileError
+from product_helpers import opaque_photo, write_tiny_sam
 
 APACHE_NOTE = 'license = "apache-2.0"\nsource = "https://huggingface.co/facebook/sam-vit-base"\n'
 

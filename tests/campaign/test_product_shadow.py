@@ -6,10 +6,10 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
-from product_helpers import product_mask_of, product_pixels
 
 from atelier.campaign.product import ShadowParams, apply_shadow, match_edge_light
 from atelier.errors import AtelierError
+from product_helpers import product_mask_of, product_pixels
 
 SIZE = (128, 128)
 

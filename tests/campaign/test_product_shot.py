@@ -7,7 +7,6 @@ import dataclasses
 import numpy as np
 import pytest
 from PIL import Image
-from product_helpers import cutout_photo, opaque_photo, write_tiny_sam
 
 from atelier.campaign.ad.spec import Channel
 from atelier.campaign.batch import EngineBackend
@@ -30,6 +29,7 @@ from atelier.campaign.product import (
 )
 from atelier.engine import GeneratedImage, GenerationRequest
 from atelier.errors import AtelierError
+from product_helpers import cutout_photo, opaque_photo, write_tiny_sam
 
 FAST = InpaintSettings(steps=2, sampler="Euler a", schedule_type=None, seed=11)
 SETTINGS = ShotSettings(size=(96, 96), count=2, inpaint=FAST, shadow=ShadowParams(opacity=0.5))
