@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from atelier import __version__
 from atelier.engine import masks
 from atelier.engine.architectures import SDXL_ARCHITECTURES
 from atelier.engine.conditioning import Conditioning, PromptEncoder, build_conditioning
@@ -33,7 +32,7 @@ from atelier.engine.controlnet import (
     pipeline_inputs,
 )
 from atelier.engine.embeddings import Embedding, EmbeddingLibrary
-from atelier.engine.hires import hires_infotext, is_latent_upscaler, second_pass
+from atelier.engine.hires import is_latent_upscaler, second_pass
 from atelier.engine.infotext import format_infotext
 from atelier.engine.loras import LoraLibrary, apply_loras
 from atelier.engine.models import LoadedModel, ModelCache
@@ -50,7 +49,7 @@ from atelier.engine.provenance import Provenance
 from atelier.engine.request import GenerationRequest
 from atelier.engine.request_prompts import RequestPrompts
 from atelier.engine.samplers import make_scheduler, resolve_sampler
-from atelier.engine.sources import generation_provenance
+from atelier.engine.sources import generation_provenance, infotext_params
 from atelier.engine.tiling import seamless
 from atelier.engine.vae import VaeLibrary, swapped_vae
 from atelier.errors import AtelierError, NotFoundError
@@ -212,7 +211,7 @@ class Engine:
         request = run.request
         provenance = generation_provenance(run)
         for image, seed in zip(images, seeds, strict=False):
-            params = self._infotext_params(run, seed, image)
+            params = infotext_params(run, seed, image)
             infotext = format_infotext(request.prompt, request.negative_prompt, params)
             result.images.append(GeneratedImage(image, seed, infotext, params, provenance))
 
@@ -554,63 +553,6 @@ class Engine:
         if request.enable_hr:
             steps += int(request.hires_steps() * request.denoising_strength)
         return steps
-
-    def _infotext_params(self, run: _Run, seed: int, image: Image.Image) -> dict[str, Any]:
-        """Parameters in A1111's infotext order (``processing.create_infotext``)."""
-        request, prompt, model, refiner = run.request, run.prompt, run.model, run.refiner
-        sampler, schedule_type = run.sampler, run.schedule_type
-        params: dict[str, Any] = {
-            "Steps": request.steps,
-            "Sampler": sampler,
-            "Schedule type": schedule_type,
-            "CFG scale": request.cfg_scale,
-            "Seed": seed,
-            # A1111 writes the first pass's size; the hires fields below say what it became.
-            "Size": f"{request.width}x{request.height}"
-            if request.enable_hr
-            else f"{image.width}x{image.height}",
-            "Model hash": model.short_hash,
-            "Model": model.name,
-            "VAE hash": run.vae_hash,
-            "VAE": f"{Path(request.vae).name.removesuffix('.safetensors')}.safetensors"
-            if request.vae
-            else None,
-            "Denoising strength": (
-                request.denoising_strength if request.mode != "txt2img" or request.enable_hr else None
-            ),
-            "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
-        }
-        if request.mode == "inpaint":
-            params["Mask blur"] = request.mask_blur
-            if request.inpaint_only_masked:
-                params["Inpaint area"] = "Only masked"
-                params["Masked area padding"] = request.inpaint_padding
-            if request.mask_invert:
-                params["Mask mode"] = "Inpaint not masked"
-            params["Masked content"] = request.inpainting_fill
-        if request.tiling:
-            params["Tiling"] = True
-        if request.enable_hr:
-            params.update(hires_infotext(request))
-        for control in run.controls:
-            params[f"ControlNet {control.index}"] = control.unit.infotext(control.net.label)
-        if prompt.loras:
-            params["Lora hashes"] = ", ".join(
-                f"{lora.entry.name}: {lora.entry.short_hash}" for lora in prompt.loras
-            )
-        if prompt.embeddings:
-            params["TI hashes"] = ", ".join(
-                f"{embedding.name}: {embedding.short_hash}" for embedding in prompt.embeddings
-            )
-        if refiner is not None:
-            params["Refiner"] = f"{refiner.name} [{refiner.short_hash}]"
-            params["Refiner switch at"] = request.refiner_switch_at
-            if request.refiner_prompt is not None:
-                params["Refiner prompt"] = request.refiner_prompt
-            if request.refiner_negative_prompt is not None:
-                params["Refiner negative prompt"] = request.refiner_negative_prompt
-        params["Version"] = f"atelier {__version__}"
-        return params
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""What made a picture: the checkpoint, refiner, VAE, LoRAs, ControlNets and embeddings of a generation.
+"""What made a picture: the checkpoint, refiner, VAE, LoRAs, ControlNets and embeddings of a generation, as
+the provenance record below and as A1111's infotext parameters (:func:`infotext_params`).
 
 The record is plain JSON, by name and hash, and becomes the ``com.atelier.generation`` assertion of an output's
 Content Credentials (:mod:`atelier.engine.credentials`). Hashes are the ones A1111 shows, in full where the
@@ -20,10 +21,14 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from atelier import __version__
+from atelier.engine.hires import hires_infotext
 from atelier.engine.paths import read_safetensors_header
 from atelier.errors import AtelierError
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from atelier.engine.generate import _Run
     from atelier.engine.provenance import Provenance
 
@@ -133,3 +138,57 @@ def _public_rights(text: Any) -> dict[str, Any] | None:
             if isinstance(item, dict)
         ],
     }
+
+
+def infotext_params(run: _Run, seed: int, image: Image.Image) -> dict[str, Any]:
+    """One image's generation parameters in A1111's infotext order (``processing.create_infotext``)."""
+    request, prompt, model, refiner = run.request, run.prompt, run.model, run.refiner
+    sampler, schedule_type = run.sampler, run.schedule_type
+    params: dict[str, Any] = {
+        "Steps": request.steps,
+        "Sampler": sampler,
+        "Schedule type": schedule_type,
+        "CFG scale": request.cfg_scale,
+        "Seed": seed,
+        # A1111 writes the first pass's size; the hires fields below say what it became.
+        "Size": f"{request.width}x{request.height}" if request.enable_hr else f"{image.width}x{image.height}",
+        "Model hash": model.short_hash,
+        "Model": model.name,
+        "VAE hash": run.vae_hash,
+        "VAE": f"{Path(request.vae).name.removesuffix('.safetensors')}.safetensors" if request.vae else None,
+        "Denoising strength": (
+            request.denoising_strength if request.mode != "txt2img" or request.enable_hr else None
+        ),
+        "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
+    }
+    if request.mode == "inpaint":
+        params["Mask blur"] = request.mask_blur
+        if request.inpaint_only_masked:
+            params["Inpaint area"] = "Only masked"
+            params["Masked area padding"] = request.inpaint_padding
+        if request.mask_invert:
+            params["Mask mode"] = "Inpaint not masked"
+        params["Masked content"] = request.inpainting_fill
+    if request.tiling:
+        params["Tiling"] = True
+    if request.enable_hr:
+        params.update(hires_infotext(request))
+    for control in run.controls:
+        params[f"ControlNet {control.index}"] = control.unit.infotext(control.net.label)
+    if prompt.loras:
+        params["Lora hashes"] = ", ".join(
+            f"{lora.entry.name}: {lora.entry.short_hash}" for lora in prompt.loras
+        )
+    if prompt.embeddings:
+        params["TI hashes"] = ", ".join(
+            f"{embedding.name}: {embedding.short_hash}" for embedding in prompt.embeddings
+        )
+    if refiner is not None:
+        params["Refiner"] = f"{refiner.name} [{refiner.short_hash}]"
+        params["Refiner switch at"] = request.refiner_switch_at
+        if request.refiner_prompt is not None:
+            params["Refiner prompt"] = request.refiner_prompt
+        if request.refiner_negative_prompt is not None:
+            params["Refiner negative prompt"] = request.refiner_negative_prompt
+    params["Version"] = f"atelier {__version__}"
+    return params
