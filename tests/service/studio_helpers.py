@@ -95,3 +95,22 @@ def png_base64(image: Any) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# Training settings for a run of a few seconds on the tiny SD 1.5 model installed as "tiny-sd15": four
+# images, no repeats, batches of two, one epoch = two steps.
+TINY_TRAINING = b"""
+base = "tiny-sd15"
+resolution = 64
+min_bucket_reso = 32
+max_bucket_reso = 128
+bucket_reso_steps = 32
+train_batch_size = 2
+network_dim = 4
+network_alpha = 2.0
+learning_rate = 0.05
+max_data_loader_n_workers = 0
+seed = 1
+num_repeats = 1
+max_train_epochs = 1
+"""

@@ -9,28 +9,12 @@ import zipfile
 import httpx
 import pytest
 from PIL import Image
-from studio_helpers import fast_config, install_checkpoint, make_lora, running_worker, wait_for
+from studio_helpers import TINY_TRAINING, fast_config, install_checkpoint, make_lora, running_worker, wait_for
 
 from atelier.service.server import StudioServer
 from atelier.service.studio import Studio
 
 SMALL = {"steps": 2, "width": 64, "height": 64, "seed": 3}
-TINY_TRAINING = b"""
-base = "tiny-sd15"
-resolution = 64
-min_bucket_reso = 32
-max_bucket_reso = 128
-bucket_reso_steps = 32
-train_batch_size = 2
-network_dim = 4
-network_alpha = 2.0
-learning_rate = 0.05
-max_data_loader_n_workers = 0
-seed = 1
-# Four images, no repeats, batches of two: one epoch is two steps.
-num_repeats = 1
-max_train_epochs = 1
-"""
 
 
 @pytest.fixture
