@@ -280,6 +280,40 @@ def test_metrics_show_queue_depth_and_latency(client):
     assert 'atelier_job_latency_seconds_count{kind="generate",state="succeeded"}' in text
 
 
+def test_metrics_show_the_vram_of_workers_with_a_gpu_and_none_for_cpu_workers(served, monkeypatch):
+    from types import SimpleNamespace
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    import atelier.engine as engine
+    from atelier.service.worker import Worker
+
+    server, client = served
+    gib = 1024**3
+    vram = {"used": 5 * gib, "total": 8 * gib, "free": 3 * gib, "peak": 4 * gib, "reserved": 4 * gib + 512}
+    # A worker on a GPU (no GPU here: a stand-in). The worker reads vram_stats through the engine's public
+    # surface, a lazily resolved name: patch it there.
+    monkeypatch.setattr(engine, "vram_stats", lambda device: vram if device == "cuda:0" else None)
+    gpu_worker = Worker(server.studio, worker_id="gpu-worker", kinds=["generate"])
+    gpu_worker._engine = SimpleNamespace(device="cuda:0", models=None)
+    gpu_worker.report("ready")
+    try:
+        samples = {
+            (sample.name, sample.labels.get("worker")): sample.value
+            for family in text_string_to_metric_families(client.get("/metrics").text)
+            for sample in family.samples
+            if sample.name.startswith("atelier_worker_vram_")
+        }
+    finally:
+        gpu_worker.report("stopped")
+    assert samples == {
+        (f"atelier_worker_vram_{key}_bytes", "gpu-worker"): value for key, value in vram.items()
+    }
+    # The fixture's own worker runs on the CPU: it is live, and has no VRAM to show.
+    cpu_workers = [record for record in server.studio.workers.live() if record.id != "gpu-worker"]
+    assert cpu_workers and all(record.vram is None for record in cpu_workers)
+
+
 def test_hires_fix_through_the_native_api(client):
     body = {**SMALL, "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Lanczos", "denoising_strength": 0.5}
     job = finished(client, client.post("/api/generate", json=body).json()["id"])
@@ -411,3 +445,16 @@ def test_serve_makes_the_buckets_and_the_demo_model_beside_a_controlnet(tmp_path
         assert [record.name for record in server.studio.registry.list("checkpoint")] == ["atelier-demo-sd15"]
     finally:
         server.studio.close()
+
+
+def test_a_fast_draft_is_labelled_in_its_picture_and_a_bad_fast_mode_is_refused(client):
+    """The "fast" setting (engine/fast.py) through the native API: the picture's infotext says which shortcut
+    made it, and an unknown one is a 4xx naming the field before anything is queued."""
+    refused = client.post("/api/generate", json={**SMALL, "fast": "turbo"})
+    assert refused.status_code in (400, 422)
+    assert "fast" in refused.text
+    job = finished(client, client.post("/api/generate", json={**SMALL, "fast": "deepcache"}).json()["id"])
+    assert job["state"] == "succeeded"
+    results = client.get(f"/api/jobs/{job['id']}/results").json()
+    image = Image.open(io.BytesIO(client.get(results["images"][0]["url"]).content))
+    assert "Fast: DeepCache N=3" in image.info["parameters"]

@@ -9,8 +9,10 @@ from pathlib import Path
 
 from atelier.cli.common import (
     DEFAULT_DATA_DIR,
+    add_engine_options,
     add_format_options,
     content_signer,
+    engine_options,
     lora_library,
     quiet_libraries,
     sam_segmenter,
@@ -41,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_format_options(parser)
     parser.add_argument("--models-dir", type=Path, default=DEFAULT_DATA_DIR / "models", help="models folder")
     parser.add_argument("--lora-dir", type=Path, default=None, help="LoRA folder (default: models folder)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_engine_options(parser)
     parser.add_argument(
         "--server", metavar="URL", help="generate through a running studio's A1111 API instead of in-process"
     )
@@ -94,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         model_path = ModelLibrary(args.models_dir).resolve(args.model)
         detect_architecture(model_path)  # refuses pickles and non-checkpoints before any work
         quiet_libraries()
-        engine = Engine(device=args.device, loras=lora_library(args.lora_dir, args.models_dir))
+        engine = Engine(**engine_options(args), loras=lora_library(args.lora_dir, args.models_dir))
         backend = EngineBackend(engine, model_path)
         backend.check_loras(scenes)
 

@@ -105,3 +105,47 @@ def sam_segmenter(models_dir: Path, name: str | None, device: str | None, *, wha
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return SamSegmenter(model, device=device)
+
+
+def add_engine_options(parser) -> None:
+    """Where and how fast models run: ``--device``, ``--precision`` and the speed paths (engine/acceleration.py)."""
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        help="auto (fp16 on CUDA, fp32 on the CPU), fp16, bf16 (CUDA, or a CPU with native bf16) or fp32",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the UNet and VAE decoder (minutes once, cached on disk; faster on a GPU)",
+    )
+    parser.add_argument(
+        "--compile-mode",
+        default=None,
+        help="torch.compile mode (default: max-autotune on CUDA, default on CPU)",
+    )
+    parser.add_argument(
+        "--compile-cache",
+        type=Path,
+        default=DEFAULT_DATA_DIR / "cache" / "compile",
+        help="folder for compiled graphs, so the next run does not compile again",
+    )
+    parser.add_argument(
+        "--fuse-qkv", action="store_true", help="fuse attention projections (unused while a LoRA is active)"
+    )
+
+
+def engine_options(args) -> dict:
+    """Keyword arguments for :class:`atelier.engine.Engine` from :func:`add_engine_options`' flags."""
+    from atelier.engine import SpeedSettings, default_device, resolve_precision
+
+    device = args.device or default_device()
+    speed = SpeedSettings(
+        compile=args.compile,
+        compile_mode=args.compile_mode,
+        compile_cache_dir=args.compile_cache,
+        fuse_qkv=args.fuse_qkv,
+    )
+    speed.validate()
+    return {"device": device, "dtype": resolve_precision(args.precision, device), "speed": speed}

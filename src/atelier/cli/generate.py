@@ -9,8 +9,10 @@ from typing import Any
 
 from atelier.cli.common import (
     DEFAULT_DATA_DIR,
+    add_engine_options,
     add_format_options,
     content_signer,
+    engine_options,
     load_image,
     lora_library,
     quiet_libraries,
@@ -49,6 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--batch-count", type=int, default=1)
     p.add_argument("--clip-skip", type=int, default=1)
+    p.add_argument(
+        "--fast",
+        default="off",
+        help="off, deepcache or tome: faster drafts with a small quality cost (README 'Speed on a GPU')",
+    )
     p.add_argument("--init", type=Path, help="init image for img2img / inpainting")
     p.add_argument("--strength", type=float, default=0.75, help="denoising strength for img2img / inpainting")
     p.add_argument("--mask", type=Path, help="inpainting mask (white = repaint)")
@@ -116,7 +123,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, default=DEFAULT_DATA_DIR / "outputs", help="output folder")
     add_format_options(p)
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_engine_options(p)
     p.set_defaults(func=run, uses_models=True)
 
 
@@ -161,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         batch_count=args.batch_count,
         clip_skip=args.clip_skip,
+        fast=args.fast,
         init_image=init,
         denoising_strength=args.strength,
         mask=mask,
@@ -181,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     if refiner_path:
         detect_architecture(refiner_path)
     engine = Engine(
-        device=args.device,
+        **engine_options(args),
         loras=lora_library(args.lora_dir, args.models_dir),
         embeddings=EmbeddingLibrary(args.embeddings_dir or args.models_dir / "embeddings"),
         vaes=vaes,

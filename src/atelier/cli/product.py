@@ -15,8 +15,10 @@ from typing import Any
 
 from atelier.cli.common import (
     DEFAULT_DATA_DIR,
+    add_engine_options,
     add_format_options,
     content_signer,
+    engine_options,
     load_image,
     lora_library,
     quiet_libraries,
@@ -77,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, default=Path("product-shots"), help="output folder")
     add_format_options(p)
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_engine_options(p)
     p.add_argument("--server", metavar="URL", help="generate through a running studio's A1111 API")
     p.add_argument("--api-key", default=None, help=f"the studio's API key (default: ${API_KEY_VARIABLE})")
     p.set_defaults(func=run, uses_models=True)
@@ -287,5 +289,5 @@ def _backend(args: argparse.Namespace) -> tuple[Any, str]:
     model_path = library.resolve(args.model) if args.model else library.default()
     architecture = detect_architecture(model_path)  # refuses pickles and non-checkpoints before any work
     quiet_libraries()
-    engine = Engine(device=args.device, loras=lora_library(args.lora_dir, args.models_dir))
+    engine = Engine(**engine_options(args), loras=lora_library(args.lora_dir, args.models_dir))
     return EngineBackend(engine, model_path), base_family(architecture)

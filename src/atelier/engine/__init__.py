@@ -51,6 +51,14 @@ _EXPORTS = {
     "check_libraries": "versions",
     # generation
     "Engine": "generate",
+    "PRECISIONS": "precision",
+    "check_precision": "precision",
+    "resolve_precision": "precision",
+    "precision_name": "precision",
+    "COMPILE_MODES": "speed",
+    "SpeedSettings": "speed",
+    "default_device": "runtime",
+    "vram_stats": "memory",
     "CAPTIONING_FOLDER": "captioning",
     "Captioner": "captioning",
     "captioning_model_hint": "captioning",
@@ -165,6 +173,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from atelier.engine.library import DEMO_MODEL_NAME, ModelLibrary
     from atelier.engine.loras import DIFFUSERS_LORA_FILE, LoraLibrary, inspect_lora, lora_sha256
     from atelier.engine.masks import check_same_size, composite_over_original, fill_masked
+    from atelier.engine.memory import vram_stats
     from atelier.engine.models import (
         LoadedModel,
         ModelCache,
@@ -177,6 +186,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     )
     from atelier.engine.output import output_filename, save_image
     from atelier.engine.paths import PICKLE_SUFFIXES, check_name, read_safetensors_header, refuse_pickle
+    from atelier.engine.precision import PRECISIONS, check_precision, precision_name, resolve_precision
     from atelier.engine.preprocessors import (
         MODULE_ALIASES,
         MODULES,
@@ -208,12 +218,14 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         write_image,
     )
     from atelier.engine.request import INPAINTING_FILL_MODES, GenerationRequest
+    from atelier.engine.runtime import default_device
     from atelier.engine.samplers import (
         SAMPLER_NAMES,
         SCHEDULE_TYPES,
         resolve_sampler,
         supported_schedule_types,
     )
+    from atelier.engine.speed import COMPILE_MODES, SpeedSettings
     from atelier.engine.tiny import create_tiny_model
     from atelier.engine.tokenizer import CLIP_L_REPO, cached_tokenizer_folder, clip_backend, clip_tokenizer
     from atelier.engine.upscalers import (

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from atelier.engine.embeddings import CLIP_G, CLIP_L, Embedding, EmbeddingTable, embedding_vectors_in_place
+from atelier.engine.memory import execution_device
 from atelier.prompts.chunks import chunk_tokens, pad_chunk, token_runs
 from atelier.prompts.parser import (
     parse_attention,
@@ -85,7 +86,8 @@ class PromptEncoder:
                 key = CLIP_G if slot.pooled else CLIP_L
                 width = slot.text_encoder.get_input_embeddings().weight.shape[-1]
                 slot.embeddings = EmbeddingTable(embeddings, slot.tokenizer, key, width) or None
-        self.device = pipeline.unet.device
+        # Where inputs go: the GPU even while an offloaded model waits in CPU RAM (engine/memory.py).
+        self.device = execution_device(pipeline)
         self.dtype = pipeline.unet.dtype
         self._cache: dict[str, EncodedText] = {}
 
@@ -141,7 +143,7 @@ class PromptEncoder:
         ]
         rows = [tokens for tokens, _ in padded]
         weights = [multipliers for _, multipliers in padded]
-        input_ids = torch.tensor(rows, dtype=torch.long, device=slot.text_encoder.device)
+        input_ids = torch.tensor(rows, dtype=torch.long, device=self.device)
         with embedding_vectors_in_place(slot.text_encoder, input_ids, slot.embeddings) as readable_ids:
             # Hidden states are only needed below the last layer (SDXL, clip skip); skip them otherwise.
             output = slot.text_encoder(readable_ids, output_hidden_states=slot.sdxl or self.clip_skip > 1)

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -34,8 +33,10 @@ from atelier.engine.controlnet import (
 from atelier.engine.embeddings import Embedding, EmbeddingLibrary
 from atelier.engine.hires import is_latent_upscaler, second_pass
 from atelier.engine.infotext import format_infotext
+from atelier.engine.latent_fill import latent_fill_inputs
 from atelier.engine.loras import LoraLibrary, apply_loras
 from atelier.engine.models import LoadedModel, ModelCache
+from atelier.engine.precision import guard_vae
 from atelier.engine.preprocessors import model_folder, needs_model
 from atelier.engine.previews import PreviewDecoders
 from atelier.engine.progress import (
@@ -48,8 +49,10 @@ from atelier.engine.progress import (
 from atelier.engine.provenance import Provenance
 from atelier.engine.request import GenerationRequest
 from atelier.engine.request_prompts import RequestPrompts
+from atelier.engine.runtime import Runtime, default_device, default_dtype
 from atelier.engine.samplers import make_scheduler, resolve_sampler
 from atelier.engine.sources import generation_provenance, infotext_params
+from atelier.engine.speed import SpeedSettings
 from atelier.engine.tiling import seamless
 from atelier.engine.vae import VaeLibrary, swapped_vae
 from atelier.errors import AtelierError, NotFoundError
@@ -105,15 +108,6 @@ class ModelSource(Protocol):
     def get(self, path: str | os.PathLike[str], *, device: str = ..., dtype: Any = ...) -> LoadedModel: ...
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def default_dtype(device: str) -> torch.dtype:
-    # Half precision only where it is fast and well supported; CPU stays in fp32.
-    return torch.float16 if device.startswith("cuda") else torch.float32
-
-
 class Engine:
     """Generates images. Holds a warm model cache; no other state is shared between requests."""
 
@@ -131,9 +125,12 @@ class Engine:
         preprocessor_models: str | os.PathLike[str] | None = None,
         max_controlnet_units: int = DEFAULT_MAX_UNITS,
         previews: PreviewDecoders | None = None,
+        speed: SpeedSettings | None = None,
+        memory_plans: bool = True,
     ) -> None:
         self.device = device or default_device()
         self.dtype = dtype or default_dtype(self.device)
+        self.runtime = Runtime(self.device, self.dtype, speed or SpeedSettings(), memory_plans)
         self.models: ModelSource = models or ModelCache()
         self.loras = loras
         self.embeddings = embeddings
@@ -146,7 +143,7 @@ class Engine:
         self.previews = previews or PreviewDecoders()
 
     def load(self, model_path: str | os.PathLike[str]) -> LoadedModel:
-        return self.models.get(model_path, device=self.device, dtype=self.dtype)
+        return self.runtime.prepare(self.models.get(model_path, device=self.device, dtype=self.dtype))
 
     def generate(
         self,
@@ -170,6 +167,7 @@ class Engine:
         model = self.load(request.model)
         refiner = self._load_refiner(request, model)
         controls = self._load_controls(request, model)
+        self.runtime.before_request(model, uses_loras=bool(prompt.loras))
         apply_loras(model.pipeline, model.loaded_loras, prompt.loras)
         vae = self._load_vae(request, model)
         first_seed = request.resolved_seed()
@@ -194,7 +192,7 @@ class Engine:
                     seamless(pipelines) if request.tiling else contextlib.nullcontext(),
                     swapped_vae(model, vae[0] if vae else None),
                 ):
-                    images = self._run_batch(run, seeds)
+                    images = self._run_batch_in_memory(run, seeds)
             except GenerationCanceled as stop:
                 # What A1111's interrupt returns: the finished batches and this one as it is now.
                 self._add_images(run, result, stop.partial, seeds)
@@ -203,6 +201,7 @@ class Engine:
             self._add_images(run, result, images, seeds)
         assert len(result.images) == total_images
         result.control_maps = run.control_maps or []
+        self.runtime.after_request(model)
         return result
 
     def _add_images(
@@ -216,6 +215,24 @@ class Engine:
             result.images.append(GeneratedImage(image, seed, infotext, params, provenance))
 
     # -- one batch -------------------------------------------------------------------------------------------
+
+    def _run_batch_in_memory(self, run: _Run, seeds: list[int]) -> list[Image.Image]:
+        request, steps_before = run.request, run.progress.done
+
+        def attempt() -> list[Image.Image]:
+            run.progress.done = steps_before  # a retry under a leaner memory plan starts the batch again
+            return self._run_batch(run, seeds)
+
+        width, height = request.hires_size() if request.enable_hr else (request.width, request.height)
+        return self.runtime.run_batch(
+            run.model,
+            run.refiner,
+            width=width,
+            height=height,
+            batch=request.batch_size,
+            hires=request.enable_hr,
+            attempt=attempt,
+        )
 
     def _run_batch(self, run: _Run, seeds: list[int]) -> list[Image.Image]:
         request, model = run.request, run.model
@@ -330,7 +347,7 @@ class Engine:
             **_size(request),
         }
         if request.inpainting_fill in ("latent noise", "latent nothing"):
-            kwargs.update(self._latent_fill_inputs(pipeline, work_image, work_mask, request, seeds))
+            kwargs.update(latent_fill_inputs(pipeline, work_image, work_mask, request, seeds))
         kwargs.update(self._control_inputs(run, "inpaint", crop=(region, original.size)))
         generated = self._call(pipeline, run, seeds, kwargs)
         # Outside the blurred mask the customer's photo comes back untouched, pixel for pixel.
@@ -406,45 +423,6 @@ class Engine:
             image_key="image" if pipeline_mode == "txt2img" else "control_image",
         )
 
-    def _latent_fill_inputs(
-        self,
-        pipeline: Any,
-        image: Image.Image,
-        mask: Image.Image,
-        request: GenerationRequest,
-        seeds: list[int],
-    ) -> dict[str, Any]:
-        """A1111's "latent noise" / "latent nothing": replace the masked latents before sampling starts."""
-        device, dtype = pipeline.unet.device, pipeline.unet.dtype
-        pixels = pipeline.image_processor.preprocess(image, height=request.height, width=request.width)
-        pixels = pixels.to(device=device, dtype=pipeline.vae.dtype)
-        latents = pipeline.vae.encode(pixels).latent_dist.mean * pipeline.vae.config.scaling_factor
-        latent_size = (latents.shape[-1], latents.shape[-2])
-        masked = np.asarray(mask.resize(latent_size, Image.Resampling.BILINEAR)) >= 128
-        latent_mask = torch.from_numpy(masked).to(device=device, dtype=latents.dtype)[None, None]
-        per_image = []
-        for seed in seeds:
-            if request.inpainting_fill == "latent noise":
-                # Its own stream (a fixed offset from the seed) so the sampler's noise for this seed stays diffusers'.
-                generator = torch.Generator("cpu").manual_seed(seed + 0x5EED)
-                fill = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(
-                    device, latents.dtype
-                )
-            else:
-                fill = torch.zeros_like(latents)
-            per_image.append(latents * (1 - latent_mask) + fill * latent_mask)
-        inputs: dict[str, Any] = {"image": torch.cat(per_image).to(dtype)}
-        # With latents as `image` the pipeline cannot mask pixels itself; 9-channel UNets see this as their
-        # masked-image conditioning, as in A1111 (the unmasked photo, masked area grey).
-        binary = mask.point(lambda value: 255 if value >= 128 else 0)
-        keep = Image.composite(Image.new("RGB", image.size, (127, 127, 127)), image, binary)
-        keep_pixels = pipeline.image_processor.preprocess(keep, height=request.height, width=request.width)
-        keep_latents = pipeline.vae.encode(
-            keep_pixels.to(device=device, dtype=pipeline.vae.dtype)
-        ).latent_dist.mean
-        inputs["masked_image_latents"] = (keep_latents * pipeline.vae.config.scaling_factor).to(dtype)
-        return inputs
-
     # -- the pipeline call -------------------------------------------------------------------------------------
 
     def _call(
@@ -469,12 +447,13 @@ class Engine:
             "callback_on_step_end_tensor_inputs": progress.tensor_inputs,
         }
         control_modes = control_modes_attached(run.active_controls, cfg=request.cfg_scale > 1.0)
+        fast = self.runtime.fast(pipeline.unet, request.fast)
         if refiner is None:
-            with torch.inference_mode(), conditioning.attached(pipeline.unet), control_modes:
+            with torch.inference_mode(), conditioning.attached(pipeline.unet), control_modes, fast:
                 return pipeline(**call_kwargs, output_type=output_type).images
         # Ensemble of expert denoisers: the base stops at the switch point and hands its latents to the refiner.
         call_kwargs["denoising_end"] = request.refiner_switch_at
-        with torch.inference_mode(), conditioning.attached(pipeline.unet), control_modes:
+        with torch.inference_mode(), conditioning.attached(pipeline.unet), control_modes, fast:
             latents = pipeline(**call_kwargs, output_type="latent").images
         refine_pipeline = refiner.pipeline
         refine_pipeline.scheduler = make_scheduler(sampler, refiner.scheduler_config, schedule_type)
@@ -486,7 +465,8 @@ class Engine:
             request.steps,
             prompt.embeddings,
         )
-        with torch.inference_mode(), refine_conditioning.attached(refine_pipeline.unet):
+        refine_fast = self.runtime.fast(refine_pipeline.unet, request.fast)
+        with torch.inference_mode(), refine_conditioning.attached(refine_pipeline.unet), refine_fast:
             return refine_pipeline(
                 **refine_conditioning.kwargs,
                 image=latents,
@@ -527,7 +507,9 @@ class Engine:
             raise AtelierError(
                 f"the request names VAE {request.vae!r}, but no VAE folder is set up", field="sd_vae"
             )
-        return self.vaes.load(request.vae, model)
+        vae = self.vaes.load(request.vae, model)
+        guard_vae(vae[0])
+        return vae
 
     def _load_refiner(self, request: GenerationRequest, model: LoadedModel) -> LoadedModel | None:
         if not request.refiner:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from atelier.engine.hotswap import hotswap_slots
 from atelier.engine.library import FolderLibrary
 from atelier.engine.models import read_safetensors_header, safetensors_kind
 from atelier.errors import AtelierError
@@ -172,8 +173,16 @@ def apply_loras(pipeline: Any, loaded: dict[str, tuple[str, float]], loras: list
     """Make exactly ``loras`` active on ``pipeline`` (loading new files as adapters), at their weights.
 
     ``loaded`` records the adapters already in the pipeline (adapter name -> (path, mtime)) and is updated.
+    A UNet prepared for compiling (engine/hotswap.py) never gets another adapter: the UNet parts of the LoRAs
+    are copied into its fixed slots, so that switching LoRAs does not recompile it.
     """
     cross_attention = pipeline.unet.config.cross_attention_dim
+    slots = hotswap_slots(pipeline)
+    if slots is not None:
+        for lora in loras:
+            check_compatible(lora.entry, lora.entry.path, cross_attention)
+        slots.apply(pipeline, loaded, [(_adapter_name(lora.entry), lora) for lora in loras])
+        return
     wanted = []
     for lora in loras:
         check_compatible(lora.entry, lora.entry.path, cross_attention)

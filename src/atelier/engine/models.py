@@ -215,6 +215,8 @@ class LoadedModel:
     scheduler_config: dict[str, Any] = field(default_factory=dict)
     # LoRA adapters loaded into this pipeline: adapter name -> (file path, mtime).
     loaded_loras: dict[str, tuple[str, float]] = field(default_factory=dict)
+    # What engine/acceleration.py did to this model (SDPA, channels-last, compile), set on first use.
+    acceleration: Any = None
     _variants: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -365,7 +367,10 @@ class ModelCache(WarmCache[LoadedModel]):
         path, device, dtype = key
         if device == "cpu" or size > self.memory_budget:
             return
-        loaded.pipeline.to("cpu")
+        # Not pipeline.to(): an offloaded pipeline's hooks must be removed first (engine/memory.py).
+        from atelier.engine.memory import reset
+
+        reset(loaded.pipelines(), "cpu")
         self._in_ram[(path, dtype)] = (size, loaded)
         while sum(kept for kept, _model in self._in_ram.values()) > self.memory_budget:
             self._in_ram.popitem(last=False)

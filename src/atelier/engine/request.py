@@ -57,6 +57,8 @@ class GenerationRequest:
     vae: str | None = None
     # Seamless tiling: circular padding in the UNet and VAE (engine/tiling.py)
     tiling: bool = False
+    # "Fast" step-caching speed-ups with a small quality cost: "off", "deepcache" or "tome" (engine/fast.py)
+    fast: str = "off"
     # Hires fix (txt2img): a second, img2img pass at the upscaled size, with denoising_strength (engine/hires.py)
     enable_hr: bool = False
     hr_scale: float = 2.0
@@ -96,6 +98,9 @@ class GenerationRequest:
         _float_range("cfg_scale", self.cfg_scale, 0.0, 100.0)
         _float_range("denoising_strength", self.denoising_strength, 0.0, 1.0)
         _float_range("refiner_switch_at", self.refiner_switch_at, 0.0, 1.0)
+        from atelier.engine.fast import check_fast_mode
+
+        check_fast_mode(self.fast)
         if self.inpainting_fill not in INPAINTING_FILL_MODES:
             raise AtelierError(
                 f"inpainting_fill must be one of {', '.join(INPAINTING_FILL_MODES)}, got {self.inpainting_fill!r}",

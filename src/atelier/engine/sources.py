@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from atelier import __version__
+from atelier.engine.fast import describe_fast_mode
 from atelier.engine.hires import hires_infotext
 from atelier.engine.paths import read_safetensors_header
 from atelier.errors import AtelierError
@@ -171,6 +172,8 @@ def infotext_params(run: _Run, seed: int, image: Image.Image) -> dict[str, Any]:
         params["Masked content"] = request.inpainting_fill
     if request.tiling:
         params["Tiling"] = True
+    if request.fast != "off":
+        params["Fast"] = describe_fast_mode(request.fast)  # the picture says it was made with a shortcut
     if request.enable_hr:
         params.update(hires_infotext(request))
     for control in run.controls:

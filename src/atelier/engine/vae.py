@@ -87,7 +87,12 @@ class VaeLibrary(FolderLibrary):
                 self._warm.popitem(last=False)
         self._warm.move_to_end(key)
         vae, short_hash = self._warm[key]
-        return vae.to(base_vae.device), short_hash
+        return vae.to(_home_device(base_vae)), short_hash
+
+
+def _home_device(vae: Any) -> Any:
+    # A base VAE under sequential offload lives on the meta device: the swapped one waits in RAM instead.
+    return "cpu" if vae.device.type == "meta" else vae.device
 
 
 def load_vae(path: Path, like: Any) -> Any:
@@ -97,7 +102,7 @@ def load_vae(path: Path, like: Any) -> Any:
 
     if path.is_dir():
         vae = AutoencoderKL.from_pretrained(str(path), use_safetensors=True, local_files_only=True)
-        return vae.to(device=like.device, dtype=like.dtype).eval()
+        return vae.to(device=_home_device(like), dtype=like.dtype).eval()
     header = read_safetensors_header(path)
     keys = [key for key in header if key != "__metadata__"]
     if not is_vae_keys(keys):
@@ -116,7 +121,7 @@ def load_vae(path: Path, like: Any) -> Any:
         raise AtelierError(
             f"VAE {path.stem} does not fit this checkpoint's VAE ({first_line[:200]})", field="sd_vae"
         ) from None
-    return vae.to(device=like.device, dtype=like.dtype).eval()
+    return vae.to(device=_home_device(like), dtype=like.dtype).eval()
 
 
 @contextlib.contextmanager

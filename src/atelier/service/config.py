@@ -96,6 +96,15 @@ class StudioConfig(ConfigModel, BaseSettings):
     # Memory that loaded checkpoints may take in RAM (GB): models switched away from stay there, ready in a
     # second, while they fit. Empty: half of the machine's memory.
     model_memory_gb: float | None = None
+    # How generation workers run models (README "Speed on a GPU"): auto = fp16 on CUDA, fp32 on the CPU; compile
+    # = torch.compile the UNet and VAE decoder, its graphs cached in cache_dir/compile; a compiled UNet switches
+    # LoRAs by hot-swapping them into compiled_lora_slots slots of rank up to lora_max_rank, without recompiling.
+    precision: str = "auto"
+    compile: bool = False
+    compile_mode: str | None = None
+    fuse_qkv: bool = False
+    compiled_lora_slots: int = 1
+    lora_max_rank: int = 64
     # A live preview of a generation every this many steps (0: none), sent with its progress.
     preview_every_steps: int = 5
     # Training started from the training-data bucket without its own .toml.
@@ -129,6 +138,19 @@ class StudioConfig(ConfigModel, BaseSettings):
     # Refuse training uploads that carry no rights record (owner, people shown, consent): rights.toml in the zip,
     # [rights] in the .toml beside it, or `rights` in POST /api/train. Off: such a LoRA is trained, without one.
     require_training_rights: bool = False
+
+    def speed_settings(self) -> Any:
+        """The engine's :class:`~atelier.engine.SpeedSettings` for these settings (torch-free to build)."""
+        from atelier.engine import SpeedSettings
+
+        return SpeedSettings(
+            compile=self.compile,
+            compile_mode=self.compile_mode,
+            compile_cache_dir=self.cache_dir / "compile",
+            fuse_qkv=self.fuse_qkv,
+            lora_slots=self.compiled_lora_slots,
+            lora_max_rank=self.lora_max_rank,
+        )
 
     @classmethod
     def for_data_dir(cls, data_dir: str | os.PathLike[str] | None = None, **overrides: Any) -> StudioConfig:
@@ -186,6 +208,10 @@ class StudioConfig(ConfigModel, BaseSettings):
         _whole("preview_every_steps", self.preview_every_steps, 0, 1000)
         if self.model_memory_gb is not None:
             _positive("model_memory_gb", self.model_memory_gb)
+        self.speed_settings().validate()
+        from atelier.engine import check_precision
+
+        check_precision(self.precision)
         _whole("webhook_attempts", self.webhook_attempts, 1, 100)
         for name in (
             "lease_seconds",

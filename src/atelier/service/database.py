@@ -29,7 +29,7 @@ from atelier.errors import AtelierError
 SQLITE_BUSY_TIMEOUT_S = 30.0
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # The newest migration; :func:`migrate` does nothing more than read the version when the database has it.
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 # Execution option read by the SQLite "begin" hook: transactions that read and then write must take the
 # write lock up front, or SQLite aborts the second writer with "database is locked" instead of waiting.
 _WRITE_OPTION = "atelier_write_transaction"

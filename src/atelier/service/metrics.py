@@ -1,4 +1,4 @@
-"""Prometheus metrics on ``/metrics``: queue depth per state and kind, job latencies, local workers.
+"""Prometheus metrics on ``/metrics``: queue depth per state and kind, job latencies, workers and their VRAM.
 
 The numbers come from the jobs table, so any API process reports the whole queue, wherever its workers run.
 ``atelier_queue_depth`` (jobs waiting) is the metric an external autoscaler such as KEDA scales worker pods on;
@@ -24,6 +24,14 @@ from atelier.service.worker_board import WorkerBoard
 
 # Generation on a warm GPU takes seconds; training takes hours.
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, float("inf"))
+# The VRAM a worker on a GPU reports (engine/memory.vram_stats), one gauge each: atelier_worker_vram_<key>_bytes.
+_VRAM_GAUGES = (
+    ("used", "GPU memory in use on the worker's card, by every process"),
+    ("total", "GPU memory of the worker's card"),
+    ("free", "GPU memory free on the worker's card"),
+    ("peak", "Most GPU memory the worker's PyTorch allocated at once since it started"),
+    ("reserved", "GPU memory the worker's PyTorch holds (allocated or cached for reuse)"),
+)
 
 
 class _QueueCollector(Collector):
@@ -79,6 +87,14 @@ class _QueueCollector(Collector):
         for kind in JOB_KINDS:
             live.add_metric([kind], sum(1 for record in records if kind in record.kinds))
         yield live
+        # GPU memory of each live worker with a CUDA device (CPU workers report none and are left out).
+        for key, help_text in _VRAM_GAUGES:
+            gauge = GaugeMetricFamily(f"atelier_worker_vram_{key}_bytes", help_text, labels=["worker"])
+            for record in records:
+                if record.vram is not None and key in record.vram:
+                    gauge.add_metric([record.id], record.vram[key])
+            if gauge.samples:
+                yield gauge
 
 
 class StudioMetrics:

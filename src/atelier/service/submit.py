@@ -57,6 +57,7 @@ GENERATION_FIELDS = (
     "refiner_negative_prompt",
     "refiner_switch_at",
     "tiling",
+    "fast",
     "enable_hr",
     "hr_scale",
     "hr_resize_x",

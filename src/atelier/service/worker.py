@@ -151,8 +151,13 @@ class Worker:
     # -- the board (/health/ready, /metrics) -------------------------------------------------------------------
 
     def report(self, state: str) -> None:
-        """Write this worker's row on the board: state, models held, loads so far."""
+        """Write this worker's row on the board: state, models held, loads so far, VRAM on a GPU."""
         models = self._engine.models if self._engine is not None else None
+        vram = None
+        if self._engine is not None:  # torch is imported by then
+            from atelier.engine import vram_stats
+
+            vram = vram_stats(self._engine.device)
         try:
             self.studio.workers.report(
                 self.worker_id,
@@ -160,6 +165,7 @@ class Worker:
                 state=state,
                 loaded_models=[Path(path).name for path in models.loaded_paths()] if models else [],
                 model_loads=models.loads if models else 0,
+                vram=vram,
             )
         except sa.exc.OperationalError:
             logger.warning("could not write this worker's row on the board", exc_info=True)
@@ -364,13 +370,18 @@ class Worker:
                 ModelCache,
                 PreviewDecoders,
                 VaeLibrary,
+                default_device,
+                resolve_precision,
             )
             from atelier.service.controlnets import controlnet_library
 
             self.files.lora_dir.mkdir(parents=True, exist_ok=True)
             budget = self.config.model_memory_gb
+            device = self.config.device or default_device()
             self._engine = Engine(
-                device=self.config.device,
+                device=device,
+                dtype=resolve_precision(self.config.precision, device),
+                speed=self.config.speed_settings(),
                 models=ModelCache(memory_budget=None if budget is None else int(budget * 1024**3)),
                 loras=LoraLibrary(self.files.lora_dir),
                 embeddings=EmbeddingLibrary(self.files.embedding_dir),

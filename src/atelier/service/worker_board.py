@@ -4,13 +4,14 @@ Workers run in other processes, often on other machines; the database is the one
 see them. Each worker writes its row when it starts, when its models change and every few seconds while idle
 (``seen_at``). A row whose ``seen_at`` is older than :data:`STALE_AFTER_SECONDS` belongs to a worker that
 died without saying so. Rows of stopped workers are kept for a week, so ``atelier_model_loads_total`` on
-``/metrics`` stays a counter (it never goes down when a worker stops), then pruned.
+``/metrics`` stays a counter (it never goes down when a worker stops), then pruned. A worker with a CUDA device
+also writes its VRAM (``vram``: bytes used, total, free, peak and reserved, see ``engine/memory.vram_stats``).
 """
 
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -41,6 +42,7 @@ workers_table = sa.Table(
     sa.Column("model_loads", sa.Integer, nullable=False),
     sa.Column("started_at", UtcDateTime, nullable=False),
     sa.Column("seen_at", UtcDateTime, nullable=False),
+    sa.Column("vram", sa.JSON, nullable=True),  # None on a worker without a CUDA device
 )
 
 
@@ -53,6 +55,7 @@ class WorkerRecord:
     model_loads: int
     started_at: datetime
     seen_at: datetime
+    vram: dict[str, int] | None = None
 
     def is_live(self, now: datetime) -> bool:
         return self.state != "stopped" and now - self.seen_at <= timedelta(seconds=STALE_AFTER_SECONDS)
@@ -74,8 +77,9 @@ class WorkerBoard:
         state: str,
         loaded_models: Iterable[str],
         model_loads: int,
+        vram: Mapping[str, int] | None = None,
     ) -> None:
-        """Write this worker's row (insert or update) with the time it was seen."""
+        """Write this worker's row (insert or update) with the time it was seen (and its VRAM, on a GPU)."""
         if state not in WORKER_STATES:
             raise ValueError(f"worker state must be one of {WORKER_STATES}, got {state!r}")
         now = self._clock()
@@ -85,6 +89,7 @@ class WorkerBoard:
             "loaded_models": sorted(loaded_models),
             "model_loads": model_loads,
             "seen_at": now,
+            "vram": {key: int(value) for key, value in vram.items()} if vram is not None else None,
         }
         with self._write_engine.begin() as conn:
             updated = conn.execute(
@@ -111,6 +116,7 @@ class WorkerBoard:
                 model_loads=int(row.model_loads),
                 started_at=row.started_at,
                 seen_at=row.seen_at,
+                vram=dict(row.vram) if row.vram else None,
             )
             for row in rows
         ]

@@ -158,7 +158,9 @@ def render_samples(
     """Render every prompt with ``model`` (an engine ``LoadedModel``) into ``out_dir``; return the PNG paths."""
     from atelier.engine import Engine, GenerationRequest, write_png
 
-    engine = Engine(device=device, dtype=model.pipeline.unet.dtype, models=_OneModel(model))
+    engine = Engine(
+        device=device, dtype=model.pipeline.unet.dtype, models=_OneModel(model), memory_plans=False
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for index, sample in enumerate(prompts):
@@ -207,7 +209,9 @@ def generate_class_images(
 
     folder.mkdir(parents=True, exist_ok=True)
     existing = len(list_images(folder))
-    engine = Engine(device=device, dtype=model.pipeline.unet.dtype, models=_OneModel(model))
+    engine = Engine(
+        device=device, dtype=model.pipeline.unet.dtype, models=_OneModel(model), memory_plans=False
+    )
     for index in range(existing, count):
         request = GenerationRequest(
             prompt=prompt,

@@ -97,6 +97,10 @@ class GenerateBody(BaseModel):
     refiner_negative_prompt: str | None = None
     refiner_switch_at: float | None = None
     tiling: bool | None = Field(default=None, description="seamless: the picture repeats without a seam")
+    fast: str | None = Field(
+        default=None,
+        description="off (default), deepcache or tome: faster drafts with a small quality cost (README 'Speed')",
+    )
     vae: str | None = Field(
         default=None,
         description="an external VAE by name (GET /api/models?kind=vae); default: the model's own",

@@ -356,6 +356,7 @@ async function buildRequest() {
     body.mask_invert = field.invert.checked;
   }
   if ($("#g-tiling").checked) body.tiling = true;
+  if ($("#g-fast").value !== "off") body.fast = $("#g-fast").value;
   if ($("#g-vae").value) body.vae = $("#g-vae").value;
   const styles = [...$$("#g-styles input:checked")].map((box) => box.value);
   if (styles.length) body.styles = styles;
