@@ -109,7 +109,11 @@ class ModelSource(Protocol):
 
 
 class Engine:
-    """Generates images. Holds a warm model cache; no other state is shared between requests."""
+    """Generates images. Holds a warm model cache; no other state is shared between requests.
+
+    ``speed`` turns on the speed paths of engine/acceleration.py (the CLI and the studio always pass one; None runs
+    models as diffusers loads them); ``memory_plans`` lets engine/memory.py tile and offload on a small GPU.
+    """
 
     def __init__(
         self,
@@ -130,7 +134,7 @@ class Engine:
     ) -> None:
         self.device = device or default_device()
         self.dtype = dtype or default_dtype(self.device)
-        self.runtime = Runtime(self.device, self.dtype, speed or SpeedSettings(), memory_plans)
+        self.runtime = Runtime(self.device, self.dtype, speed, memory_plans)
         self.models: ModelSource = models or ModelCache()
         self.loras = loras
         self.embeddings = embeddings

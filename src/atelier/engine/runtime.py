@@ -53,7 +53,9 @@ class Runtime:
 
     device: str
     dtype: torch.dtype
-    speed: SpeedSettings = field(default_factory=SpeedSettings)
+    # None: run the model as loaded (diffusers' defaults), for callers that must not change a model they share,
+    # such as training's sample images (the model being trained keeps its attention processors).
+    speed: SpeedSettings | None = None
     # Off where the caller owns the GPU's memory: training's sample images, mid-run, must never offload the
     # model being trained.
     memory_plans: bool = True
@@ -65,7 +67,7 @@ class Runtime:
     def prepare(self, model: LoadedModel) -> LoadedModel:
         """Make a freshly loaded (or cached) model ready: done once per model, cheap afterwards."""
         guard_vae(model.pipeline.vae)
-        if model.acceleration is None:
+        if model.acceleration is None and self.speed is not None:
             model.acceleration = accelerate(
                 model.pipeline, self.speed, device=self.device, prepare_loras=self._prepare_lora_slots
             )
@@ -74,6 +76,7 @@ class Runtime:
     def _prepare_lora_slots(self, pipeline: Any) -> None:
         from atelier.engine.hotswap import prepare_hotswap
 
+        assert self.speed is not None  # only accelerate() calls this, with these settings
         prepare_hotswap(pipeline, slots=self.speed.lora_slots, max_rank=self.speed.lora_max_rank)
 
     def before_request(self, model: LoadedModel, *, uses_loras: bool) -> None:
