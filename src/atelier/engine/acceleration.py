@@ -32,9 +32,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,30 +56,6 @@ class Acceleration:
     cache_file: Path | None = None
     cache_loaded: bool = False
     graphs_saved: int = 0  # compiled graphs the cache file holds
-    compile_seconds: list[float] = field(default_factory=list)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "attention": attention_backend(self.device),
-            "channels_last": channels_last_for(self.settings, self.device),
-            "qkv_fused": self.qkv_fused,
-            "compiled": self.compiled,
-            "compile_mode": self.settings.mode_for(self.device) if self.compiled else None,
-            "compile_cache": str(self.cache_file) if self.cache_file else None,
-            "compile_cache_loaded": self.cache_loaded,
-        }
-
-
-def attention_backend(device: str) -> str:
-    """What SDPA can use on ``device``: FlashAttention where torch provides it, else the fused kernels."""
-    if not device.startswith("cuda"):
-        return "sdpa (cpu)"
-    kernels = []
-    if torch.backends.cuda.flash_sdp_enabled():
-        kernels.append("flash")
-    if torch.backends.cuda.mem_efficient_sdp_enabled():
-        kernels.append("memory-efficient")
-    return "sdpa (" + ", ".join(kernels or ["math"]) + ")"
 
 
 def channels_last_for(settings: SpeedSettings, device: str) -> bool:
@@ -254,12 +229,3 @@ def compiled_graphs() -> int:
     from torch._dynamo.utils import counters
 
     return int(counters["stats"]["unique_graphs"])
-
-
-def timed_first_call(call: Callable[[], Any], state: Acceleration) -> Any:
-    """Run ``call`` and record its time when it compiled something (compile time for the logs and /bench)."""
-    before, started = compiled_graphs(), time.perf_counter()
-    result = call()
-    if compiled_graphs() > before:
-        state.compile_seconds.append(time.perf_counter() - started)
-    return result
